@@ -1,0 +1,272 @@
+"""Benchmark of pass `prune` against Torch-Pruning: MACs, parameters, onnxruntime latency.
+
+    /tmp/venv/bin/python benchmarks/bench_prune.py [--runs 40] [--models resnet50,mobilenet_v2]
+
+Full-size ResNet-50 and MobileNetV2 with random weights (latency and MACs do not depend
+on the values). When torch and torch-pruning are installed (`pip install torch==2.13.0
+torch-pruning`), the models are defined in torch, exported to ONNX (the common
+baseline), and pruned both ways from the same weights:
+
+- graphopt `prune(ratio=r)` on the exported ONNX (L1 criterion, uniform per coupled
+  group, no reconstruction: it changes values, not shapes), also with `round_to=8`;
+- Torch-Pruning `MagnitudePruner(pruning_ratio=r, importance=L1)` on the torch module
+  (classifier ignored), also with `round_to=8`, then exported to ONNX.
+
+Without torch, graphopt.testing.archs (or tests/_prune_graphs.py) builds the models and
+only graphopt rows are produced. Latency: onnxruntime CPU, all graph optimizations on, 2 intra-op
+threads, allow_spinning=0, batch 1, every variant's runs interleaved, median of `--runs`
+after warm-up. Accuracy is not measured here (random weights); see tests/test_prune.py
+(digits model) for real accuracy. The table goes to
+benchmarks/results/prune.md.
+
+Literature reference (ResNet-50 channel pruning on CPU): 30% ~1.2x, 50% ~1.5x faster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))
+
+import graphopt  # noqa: E402
+import _prune_graphs as pg  # noqa: E402
+
+
+from common import cpu_name  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+
+
+def macs(model: onnx.ModelProto) -> int:
+    try:
+        from graphopt.analysis import count_macs  # type: ignore
+
+        return int(count_macs(model).total)
+    except ImportError:
+        return pg.count_macs(model)
+
+
+def session(model: onnx.ModelProto) -> ort.InferenceSession:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 2
+    so.inter_op_num_threads = 1
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.log_severity_level = 3
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+def interleaved_medians(sessions, feeds, runs: int, warmup: int = 3) -> list[float]:
+    for s in sessions:
+        for _ in range(warmup):
+            s.run(None, feeds)
+    times = [[] for _ in sessions]
+    for _ in range(runs):
+        for i, s in enumerate(sessions):
+            t0 = time.perf_counter()
+            s.run(None, feeds)
+            times[i].append(time.perf_counter() - t0)
+    return [statistics.median(t) * 1e3 for t in times]
+
+
+# ------------------------------------------------------------------------------ torch side
+
+
+def torch_models():
+    import torch
+    import torch.nn as nn
+
+    class Bottleneck(nn.Module):
+        def __init__(self, cin, mid, stride):
+            super().__init__()
+            cout = mid * 4
+            self.c1, self.b1 = nn.Conv2d(cin, mid, 1, bias=False), nn.BatchNorm2d(mid)
+            self.c2, self.b2 = nn.Conv2d(mid, mid, 3, stride, 1, bias=False), nn.BatchNorm2d(mid)
+            self.c3, self.b3 = nn.Conv2d(mid, cout, 1, bias=False), nn.BatchNorm2d(cout)
+            self.down = None
+            if stride != 1 or cin != cout:
+                self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+            self.relu = nn.ReLU()
+
+        def forward(self, x):
+            y = self.relu(self.b1(self.c1(x)))
+            y = self.relu(self.b2(self.c2(y)))
+            y = self.b3(self.c3(y))
+            return self.relu(y + (x if self.down is None else self.down(x)))
+
+    class ResNet50(nn.Module):
+        def __init__(self, classes=1000):
+            super().__init__()
+            self.stem = nn.Sequential(nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(),
+                                      nn.MaxPool2d(3, 2, 1))
+            layers, cin = [], 64
+            for i, (mid, n) in enumerate([(64, 3), (128, 4), (256, 6), (512, 3)]):
+                for j in range(n):
+                    layers.append(Bottleneck(cin, mid, 2 if (i > 0 and j == 0) else 1))
+                    cin = mid * 4
+            self.layers = nn.Sequential(*layers)
+            self.pool = nn.AdaptiveAvgPool2d(1)
+            self.fc = nn.Linear(cin, classes)
+
+        def forward(self, x):
+            return self.fc(torch.flatten(self.pool(self.layers(self.stem(x))), 1))
+
+    def cbr(cin, cout, k, s, g=1, act=True):
+        mods = [nn.Conv2d(cin, cout, k, s, k // 2, groups=g, bias=False), nn.BatchNorm2d(cout)]
+        return nn.Sequential(*(mods + ([nn.ReLU6()] if act else [])))
+
+    class Inverted(nn.Module):
+        def __init__(self, cin, cout, stride, t):
+            super().__init__()
+            hid = cin * t
+            mods = ([cbr(cin, hid, 1, 1)] if t != 1 else []) + [cbr(hid, hid, 3, stride, hid), cbr(hid, cout, 1, 1, act=False)]
+            self.body = nn.Sequential(*mods)
+            self.res = stride == 1 and cin == cout
+
+        def forward(self, x):
+            return x + self.body(x) if self.res else self.body(x)
+
+    class MobileNetV2(nn.Module):
+        def __init__(self, classes=1000):
+            super().__init__()
+            layers, cin = [cbr(3, 32, 3, 2)], 32
+            for t, c, n, s in [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
+                               (6, 160, 3, 2), (6, 320, 1, 1)]:
+                for i in range(n):
+                    layers.append(Inverted(cin, c, s if i == 0 else 1, t))
+                    cin = c
+            layers.append(cbr(cin, 1280, 1, 1))
+            self.features = nn.Sequential(*layers)
+            self.fc = nn.Linear(1280, classes)
+
+        def forward(self, x):
+            return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(self.features(x), 1), 1))
+
+    def randomize_bn(model):
+        g = torch.Generator().manual_seed(1)
+        for mod in model.modules():
+            if isinstance(mod, nn.BatchNorm2d):
+                n = mod.num_features
+                mod.weight.data = torch.rand(n, generator=g) * 0.5 + 0.5
+                mod.bias.data = torch.randn(n, generator=g) * 0.1
+                mod.running_mean = torch.randn(n, generator=g) * 0.1
+                mod.running_var = torch.rand(n, generator=g) * 0.5 + 0.5
+        return model
+
+    return {"resnet50": lambda: randomize_bn(ResNet50()).eval(), "mobilenet_v2": lambda: randomize_bn(MobileNetV2()).eval()}
+
+
+def export(module, x) -> onnx.ModelProto:
+    import torch
+
+    f = io.BytesIO()
+    with torch.no_grad():
+        torch.onnx.export(module, (x,), f, input_names=["input"], output_names=["logits"], opset_version=17,
+                          dynamo=False)
+    return onnx.load_from_string(f.getvalue())
+
+
+def torch_pruning_variant(make, ratio, round_to):
+    import copy
+
+    import torch
+    import torch_pruning as tp
+
+    torch.manual_seed(0)
+    module = make()
+    x = torch.randn(1, 3, 224, 224)
+    base = copy.deepcopy(module)
+    t0 = time.perf_counter()
+    pruner = tp.pruner.MagnitudePruner(
+        module, x, importance=tp.importance.MagnitudeImportance(p=1), pruning_ratio=ratio,
+        ignored_layers=[module.fc], round_to=round_to,
+    )
+    pruner.step()
+    secs = time.perf_counter() - t0
+    return base, module, x, secs
+
+
+# ------------------------------------------------------------------------------ main
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="resnet50,mobilenet_v2")
+    ap.add_argument("--ratios", default="0.3,0.5")
+    ap.add_argument("--runs", type=int, default=40)
+    ap.add_argument("--out", default=str(HERE / "results" / "prune.md"))
+    args = ap.parse_args()
+    ratios = [float(r) for r in args.ratios.split(",")]
+    try:
+        import torch
+        import torch_pruning  # noqa: F401
+
+        makers = torch_models()
+        torch.set_num_threads(2)
+        peer = f"torch {torch.__version__}, torch-pruning {torch_pruning.__version__}"
+    except ImportError:
+        makers, peer = None, "torch-pruning not installed: graphopt rows only"
+
+    lines = [
+        "# Channel pruning (`prune`) vs Torch-Pruning: MACs, parameters, onnxruntime latency",
+        "",
+        f"CPU: {cpu_name()}; onnxruntime {ort.__version__}, 2 intra-op threads, allow_spinning=0, "
+        f"batch 1, interleaved runs, median of {args.runs}; {peer}. Random weights (speed does not "
+        "depend on values), both tools prune the same weights with the L1 criterion and a uniform "
+        "ratio; `r8` = kept channels rounded to a multiple of 8. Reproduce: `python benchmarks/bench_prune.py`.",
+        "",
+        "| model | variant | GMACs | MACs ratio | (1-r)^2 | params (M) | latency ms | speedup | prune s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name in args.models.split(","):
+        if makers:
+            import torch
+
+            torch.manual_seed(0)
+            base = export(makers[name](), torch.randn(1, 3, 224, 224))
+        else:
+            try:
+                from graphopt.testing import archs
+
+                base = getattr(archs, name)()
+            except ImportError:
+                base = {"resnet50": pg.resnet50_full, "mobilenet_v2": pg.mobilenet_v2_full}[name]()
+        inp = base.graph.input[0]
+        shape = [d.dim_value or 1 for d in inp.type.tensor_type.shape.dim]
+        variants = [("original", base, 0.0, None)]
+        for r in ratios:
+            for spec, label in ((f"prune(ratio={r})", f"graphopt {r}"), (f"prune(ratio={r}, round_to=8)", f"graphopt {r} r8")):
+                t0 = time.perf_counter()
+                out = graphopt.optimize(base, spec, verify=False)
+                variants.append((label, out, r, time.perf_counter() - t0))
+            if makers:
+                for rt, label in ((None, f"torch-pruning {r}"), (8, f"torch-pruning {r} r8")):
+                    _, pruned, x, secs = torch_pruning_variant(makers[name], r, rt)
+                    variants.append((label, export(pruned, x), r, secs))
+        feeds = {inp.name: np.random.default_rng(1000).standard_normal(shape).astype(np.float32)}
+        sessions = [session(m) for _, m, _, _ in variants]
+        ms = interleaved_medians(sessions, feeds, args.runs)
+        m0 = macs(base)
+        for (label, m, r, secs), lat in zip(variants, ms):
+            mc = macs(m)
+            lines.append(
+                f"| {name} | {label} | {mc / 1e9:.3f} | {mc / m0:.3f} | {(1 - r) ** 2:.3f} | "
+                f"{pg.count_params(m) / 1e6:.2f} | {lat:.2f} | {ms[0] / lat:.2f}x | "
+                f"{'' if secs is None else f'{secs:.2f}'} |"
+            )
+        print("\n".join(lines[-len(variants):]), flush=True)
+    lines += ["", "Reference (literature, ResNet-50): 30% pruning ~1.2x faster, 50% ~1.5x."]
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text("\n".join(lines) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

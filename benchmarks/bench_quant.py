@@ -1,0 +1,320 @@
+"""Benchmark of passes `quant` and `fp16` against onnxruntime.quantization and
+onnxconverter-common's float16, side by side in one run.
+
+    /tmp/venv/bin/python benchmarks/bench_quant.py [--quick] [--runs 30] [--models resnet50,bert]
+
+Models: ResNet-50, MobileNetV2, MobileNetV3-small (HardSwish) and a BERT-base style
+encoder from graphopt.testing.archs (random weights), the digits CNN shipped in models/
+(trained, real samples), and the PP-OCRv4 det / rec and cls models shipped with
+`pip install rapidocr-onnxruntime` (the det model is opset 12).
+
+Every contender gets the same FP32 model and the same calibration data (real digits
+samples for the digits CNN; uniform [0,1) images / random token ids elsewhere; the
+held-out error inputs are different draws):
+
+- ours: pass `quant` (mode=auto) and pass `fp16`, defaults, through graphopt's pass API
+  (no verifier: the error is measured here). BatchNorm folding is not applied first,
+  for ours or the peers.
+- ours, with graphopt's `fuse` group first (BatchNorm folding, activation fusion,
+  opset upgrade): the pipeline a user would run; the speedup is still vs the original FP32.
+- ort: onnxruntime.quantization.quantize_static(QDQ, per_channel=True, QUInt8
+  activations, QInt8 weights, MinMax) for CNNs; quantize_dynamic (QInt8 weights) for
+  MatMul-dominated models (the same choice `quant` makes automatically).
+- occ: onnxconverter_common.float16.convert_float_to_float16(keep_io_types=True).
+
+Latency: onnxruntime CPU, all graph optimizations, 2 intra-op threads,
+allow_spinning=0, batch 1, runs interleaved across variants, median; reported as the
+speedup over FP32 in the same run. Error: max relative L2 of the outputs vs FP32 over
+the held-out inputs. "invalid" = onnx.checker or onnxruntime rejected the model. The
+table goes to benchmarks/results/quant.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+
+from graphopt import PassContext  # noqa: E402
+from graphopt.ir import Model  # noqa: E402
+from graphopt.pipeline import get_pass  # noqa: E402
+
+
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+def cpu_flags() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("flags"):
+            fl = set(line.split(":", 1)[1].split())
+            return ", ".join(f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f in fl)
+    return ""
+
+
+def session(proto: onnx.ModelProto) -> ort.InferenceSession:
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.intra_op_num_threads = 2
+    so.inter_op_num_threads = 1
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+def validity(proto: onnx.ModelProto) -> str | None:
+    try:
+        onnx.checker.check_model(proto)
+    except Exception as e:
+        return "checker: " + str(e).splitlines()[0][:120]
+    try:
+        session(proto)
+    except Exception as e:
+        return "ort: " + str(e).splitlines()[0][:120]
+    return None
+
+
+def rel_l2(a, b) -> float:
+    a = np.asarray(a, np.float64).ravel()
+    b = np.asarray(b, np.float64).ravel()
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(a), 1e-12))
+
+
+# ------------------------------------------------------------------------ models
+
+
+def image_feeds(proto, shape, n, seed):
+    name = proto.graph.input[0].name
+    rng = np.random.default_rng(seed)
+    return [{name: rng.uniform(0, 1, shape).astype(np.float32)} for _ in range(n)]
+
+
+def build_models(quick: bool, only: set[str] | None):
+    from graphopt.testing import archs
+
+    img = 112 if quick else 224
+    specs = []
+
+    def want(name):
+        return not only or name in only
+
+    if want("digits"):
+        m = onnx.load(str(REPO / "models/digits_cnn.onnx"))
+        calib = np.load(REPO / "models/digits_calib.npz")["input"]
+        test = np.load(REPO / "models/digits_test.npz")["input"]
+        specs.append(("digits_cnn (trained)", m, [{"input": calib[i:i + 1]} for i in range(32)],
+                      [{"input": test[i:i + 1]} for i in range(0, 297, 37)]))
+    for name, fn in (("resnet50", archs.resnet50), ("mobilenet_v2", archs.mobilenet_v2),
+                     ("mobilenet_v3_small", archs.mobilenet_v3_small)):
+        if want(name):
+            m = fn(batch=1, image=img)
+            specs.append((f"{name} {img}px", m, image_feeds(m, (1, 3, img, img), 8 if quick else 16, 1),
+                          image_feeds(m, (1, 3, img, img), 4, 2)))
+    if want("bert"):
+        layers, seq = (2, 64) if quick else (12, 128)
+        m = archs.bert(layers=layers, seq=seq, batch=1)
+        rng = np.random.default_rng(0)
+
+        def feeds(n, s):
+            r = np.random.default_rng(s)
+            return [{"input_ids": r.integers(0, 30000, (1, seq)).astype(np.int64),
+                     "attention_mask": np.ones((1, seq), np.int64)} for _ in range(n)]
+
+        specs.append((f"bert-base L={layers} seq={seq}", m, feeds(8, 1), feeds(4, 2)))
+    try:
+        import rapidocr_onnxruntime
+
+        root = Path(rapidocr_onnxruntime.__file__).parent / "models"
+        for fname, shape, key in (("ch_PP-OCRv4_det_infer.onnx", (1, 3, 320, 320) if quick else (1, 3, 640, 640), "ocr_det"),
+                                  ("ch_PP-OCRv4_rec_infer.onnx", (1, 3, 48, 320), "ocr_rec"),
+                                  ("ch_ppocr_mobile_v2.0_cls_infer.onnx", (1, 3, 48, 192), "ocr_cls")):
+            if want(key) and (root / fname).is_file():
+                m = onnx.load(str(root / fname))
+                opset = next(o.version for o in m.opset_import if o.domain in ("", "ai.onnx"))
+                specs.append((f"{fname[:-5]} (opset {opset})", m, image_feeds(m, shape, 8, 1), image_feeds(m, shape, 4, 2)))
+    except ImportError:
+        logging.warning("rapidocr-onnxruntime not installed: OCR models skipped")
+    return specs
+
+
+# ------------------------------------------------------------------------ contenders
+
+
+def ours(pass_name, proto, calib):
+    model = Model.from_onnx(proto)
+    t0 = time.perf_counter()
+    res = get_pass(pass_name)().run(model, PassContext(samples=calib))
+    return model.to_onnx(), time.perf_counter() - t0, res.stats
+
+
+def ours_fused(proto, calib):
+    import graphopt
+
+    t0 = time.perf_counter()
+    out, report = graphopt.optimize(proto, "fuse,quant", verify=False, samples=calib, return_report=True)
+    rec = [r for r in report.records if r.name == "quant"][-1]
+    return out, time.perf_counter() - t0, rec.stats
+
+
+def matmul_dominated(proto) -> bool:
+    from graphopt.passes.quantize import choose_mode
+
+    return choose_mode(proto, has_samples=True) == "dynamic"
+
+
+def ort_quant(proto, calib):
+    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
+                                          quantize_dynamic, quantize_static)
+
+    with tempfile.TemporaryDirectory() as d:
+        src, dst = os.path.join(d, "in.onnx"), os.path.join(d, "out.onnx")
+        onnx.save(proto, src)
+        t0 = time.perf_counter()
+        if matmul_dominated(proto):
+            quantize_dynamic(src, dst, weight_type=QuantType.QInt8)
+            how = "dynamic"
+        else:
+            class Reader(CalibrationDataReader):
+                def __init__(self):
+                    self.it = iter(calib)
+
+                def get_next(self):
+                    return next(self.it, None)
+
+            quantize_static(src, dst, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+            how = "static"
+        sec = time.perf_counter() - t0
+        return onnx.load(dst), sec, {"mode": how}
+
+
+def occ_fp16(proto, calib):
+    from onnxconverter_common import float16
+
+    t0 = time.perf_counter()
+    out = float16.convert_float_to_float16(proto, keep_io_types=True)
+    return out, time.perf_counter() - t0, {}
+
+
+# ------------------------------------------------------------------------ measure
+
+
+def measure(variants: dict, feed, runs: int) -> dict[str, float]:
+    sess = {k: session(v) for k, v in variants.items()}
+    for s in sess.values():
+        for _ in range(2):
+            s.run(None, feed)
+    times = {k: [] for k in sess}
+    order = list(sess)
+    rng = np.random.default_rng(0)
+    for _ in range(runs):
+        rng.shuffle(order)  # no variant always runs first or right after another
+        for k in order:
+            s = sess[k]
+            t0 = time.perf_counter()
+            s.run(None, feed)
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def error(ref_sess, proto, held):
+    s = session(proto)
+    worst = 0.0
+    for f in held:
+        for a, b in zip(ref_sess.run(None, f), s.run(None, f)):
+            if np.issubdtype(np.asarray(a).dtype, np.floating):
+                worst = max(worst, rel_l2(a, b))
+    return worst
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="smaller images, 2-layer BERT, fewer runs")
+    ap.add_argument("--runs", type=int, default=None)
+    ap.add_argument("--models", default="", help="comma list: digits,resnet50,mobilenet_v2,mobilenet_v3_small,bert,ocr_det,ocr_rec,ocr_cls")
+    ap.add_argument("--out", default=str(HERE / "results" / "quant.md"))
+    args = ap.parse_args()
+    runs = args.runs or (15 if args.quick else 40)
+    logging.basicConfig(level=logging.ERROR)
+    only = set(filter(None, args.models.split(","))) or None
+    rows = []
+    for name, fp32, calib, held in build_models(args.quick, only):
+        print(f"== {name}", flush=True)
+        ref = session(fp32)
+        variants = {"fp32": (fp32, 0.0, {})}
+        for label, fn in (("graphopt quant", lambda p, c: ours("quant", p, c)), ("ort quantize", ort_quant),
+                          ("graphopt fuse,quant", ours_fused),
+                          ("graphopt fp16", lambda p, c: ours("fp16", p, c)), ("occ float16", occ_fp16)):
+            try:
+                variants[label] = fn(fp32, calib)
+            except Exception as e:
+                variants[label] = (None, 0.0, {"failed": f"{type(e).__name__}: {str(e)[:100]}"})
+        valid = {}
+        for k, (p, sec, st) in variants.items():
+            valid[k] = "failed" if p is None else validity(p)
+        ok = {k: v[0] for k, v in variants.items() if valid[k] is None}
+        lat = measure(ok, held[0], runs)
+        for k, (p, sec, st) in variants.items():
+            if valid[k] is not None:
+                why = st.get("failed") or valid[k]
+                rows.append((name, k, "invalid", "-", "-", "-", why))
+                continue
+            err = error(ref, p, held) if k != "fp32" else 0.0
+            size = len(p.SerializeToString()) / 1e6
+            note = ""
+            if k.startswith("graphopt") and "quant" in k:
+                note = f"mode={st.get('mode')}"
+                if st.get("reverted"):
+                    note += "; kept FP32: " + st["reverted"]
+                if st.get("opset_upgraded"):
+                    note += f"; opset {st['opset_upgraded']}"
+                if st.get("kept_float_for_accuracy"):
+                    note += f"; {len(st['kept_float_for_accuracy'])} nodes float for accuracy"
+                cheap = [n for n, why in st.get("left_float", {}).items() if why.startswith("cost")]
+                if cheap:
+                    note += f"; {len(cheap)} cheap ops float for cost"
+            elif k == "ort quantize":
+                note = f"mode={st.get('mode')}"
+            elif k == "graphopt fp16" and st.get("blocked_for_accuracy"):
+                note = f"{len(st['blocked_for_accuracy'])} nodes blocked for accuracy"
+            rows.append((name, k, f"{lat['fp32'] / lat[k]:.2f}x", f"{lat[k] * 1e3:.2f}", f"{size:.2f}",
+                         f"{err:.4f}", note + (f"; pass {sec:.1f}s" if sec else "")))
+            print("   ", rows[-1], flush=True)
+    lines = [
+        "# INT8 / FP16: graphopt vs onnxruntime.quantization and onnxconverter-common",
+        "",
+        f"CPU: {cpu_name()} ({cpu_flags()}), {os.cpu_count()} cores; onnxruntime {ort.__version__}, "
+        f"onnx {onnx.__version__}; 2 intra-op threads, all graph optimizations, allow_spinning=0, "
+        f"batch 1, interleaved runs, median of {runs}. Mode: {'--quick' if args.quick else 'full'}.",
+        "",
+        "Speedup is FP32 latency / variant latency in the same run. Error: max relative L2 of the "
+        "outputs vs FP32 on held-out inputs. Reproduce: `/tmp/venv/bin/python benchmarks/bench_quant.py"
+        + (" --quick" if args.quick else "") + "`.",
+        "",
+        "| model | variant | speedup | latency ms | size MB | rel. L2 error | notes |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

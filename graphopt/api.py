@@ -1,0 +1,177 @@
+"""The embedding API: optimize a model with a pipeline spec in one call."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Iterable, Sequence
+
+import onnx
+
+from . import io
+from .ir import Model
+from .pipeline import Instrument, Pass, PassContext, PassManager, Report
+
+
+def optimize(
+    model: onnx.ModelProto | str | os.PathLike,
+    spec: str | Sequence[str | Pass] = "clean",
+    *,
+    ctx: PassContext | None = None,
+    verify: bool = True,
+    verify_options: dict[str, Any] | None = None,
+    instruments: Iterable[Instrument] = (),
+    return_report: bool = False,
+    **ctx_fields: Any,
+) -> onnx.ModelProto | tuple[onnx.ModelProto, Report]:
+    """Run a pipeline on a model and return the optimized ModelProto.
+
+    `model` is a ModelProto or a path. `spec` is a pipeline spec such as
+    ``"clean,fuse,prune(ratio=0.3)"``. Context fields (target, samples, input_shapes, ...)
+    may be given as keywords. With `verify` (default) every pass that changed the graph
+    is checked for numerical equivalence under its contract; a failure raises
+    `VerificationError`. The input ModelProto is not modified.
+    """
+    if not isinstance(model, onnx.ModelProto):
+        model = io.load(model)
+    if ctx is None:
+        ctx = PassContext(**ctx_fields)
+    elif ctx_fields:
+        raise TypeError("give either ctx or context keywords, not both")
+    working = Model.from_onnx(model)
+    inst = list(instruments)
+    if verify:
+        from .verify import VerifyInstrument
+
+        inst.insert(0, VerifyInstrument(**(verify_options or {})))
+    report = PassManager(spec, ctx, inst).run(working)
+    out = working.to_onnx()
+    return (out, report) if return_report else out
+
+
+def default_output_path(src: str | os.PathLike) -> str:
+    """`model.onnx` -> `model.opt.onnx` beside the input."""
+    root, ext = os.path.splitext(os.fspath(src))
+    return f"{root}.opt{ext or '.onnx'}"
+
+
+def optimize_file(
+    src: str | os.PathLike,
+    dst: str | os.PathLike | None,
+    spec: str | Sequence[str | Pass],
+    *,
+    ctx: PassContext | None = None,
+    instruments: Iterable[Instrument] = (),
+    in_place: bool = False,
+    external_data: bool | None = None,
+    progress=None,
+) -> tuple[str, Report]:
+    """Load `src`, run the pipeline, check the result and write it atomically to `dst`.
+
+    Nothing is written unless every step succeeded; `src` (and its external data) is
+    never overwritten unless `in_place`. Returns the output path and the report.
+    """
+    dst = os.fspath(dst) if dst is not None else (os.fspath(src) if in_place else default_output_path(src))
+    manager = PassManager(spec, ctx, instruments)  # a bad spec fails before any loading
+    manager.progress = progress
+    proto, sources = io.load_with_sources(src)
+    protect = () if in_place else tuple(sources)
+    io.check_destination(dst, external_data=external_data, protect=protect)  # fail before the work
+    model = Model.from_onnx(proto)
+    input_valid = check_model(proto, what=os.fspath(src))
+    del proto
+    report = manager.run(model)
+    out = model.to_onnx()
+    if input_valid:
+        check_model(out, what="the optimized model", strict=True)
+    io.save(out, dst, external_data=external_data, protect=protect)
+    return dst, report
+
+
+def check_model(proto: onnx.ModelProto, *, what: str, strict: bool = False) -> bool:
+    """Structural checks. Cycles and undefined inputs are errors; the rest of
+    onnx.checker's complaints are errors only when `strict` (the input passed them)."""
+    import logging
+
+    from .errors import GraphoptError
+    from .ir import validate_structure
+
+    validate_structure(proto.graph)
+    try:
+        skeleton = _checker_skeleton(proto)
+        if skeleton.ByteSize() > io.EXTERNAL_DATA_THRESHOLD:
+            return False  # the in-memory checker cannot take models over 2 GB
+        onnx.checker.check_model(skeleton)
+    except onnx.checker.ValidationError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else "invalid model"
+        if strict:
+            raise GraphoptError(f"{what} fails onnx.checker: {first}") from e
+        logging.getLogger(__name__).warning("%s fails onnx.checker: %s", what, first)
+        return False
+    return True
+
+
+_SKELETON_MIN_ELEMENTS = 1024
+
+
+def _checker_skeleton(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """The model for onnx.checker without the payload of its large initializers.
+
+    onnx.checker.check_model serializes the whole model and parses it again in C++,
+    which for a BERT-base model costs more than loading and saving it. Large float
+    initializers are instead checked here (raw_data length against shape and type)
+    and handed to the checker as graph inputs of the same type and shape, which keeps
+    every check on the nodes that read them. Models with training_info (whose bindings
+    refer to initializers) are checked whole. Raises onnx.checker.ValidationError."""
+    graph = proto.graph
+    if len(proto.training_info):
+        return proto
+    big = []
+    for t in graph.initializer:
+        n = 1
+        for d in t.dims:
+            n *= d
+        if n >= _SKELETON_MIN_ELEMENTS and t.data_location != onnx.TensorProto.EXTERNAL \
+                and t.HasField("raw_data"):
+            big.append(t)
+    if not big:
+        return proto
+    import numpy as np
+    from onnx import helper
+
+    for t in big:
+        try:
+            itemsize = np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
+        except (KeyError, TypeError, ValueError):
+            return proto  # an unusual type: let the checker see it whole
+        n = 1
+        for d in t.dims:
+            n *= d
+        if t.data_type in (onnx.TensorProto.STRING,) or itemsize * n != len(t.raw_data):
+            if t.data_type == onnx.TensorProto.STRING:
+                return proto
+            raise onnx.checker.ValidationError(
+                f"TensorProto (tensor name: {t.name}) raw_data size ({len(t.raw_data)} bytes) "
+                f"does not match its shape and type ({itemsize * n} bytes)")
+    big_names = {t.name for t in big}
+    input_names = {i.name for i in graph.input}
+    skeleton = onnx.ModelProto()
+    _copy_fields(proto, skeleton, skip="graph")
+    _copy_fields(graph, skeleton.graph, skip="initializer")
+    skeleton.graph.initializer.extend(t for t in graph.initializer if t.name not in big_names)
+    for t in big:
+        if t.name not in input_names:
+            skeleton.graph.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    return skeleton
+
+
+def _copy_fields(src, dst, *, skip: str) -> None:
+    for fd, value in src.ListFields():
+        if fd.name == skip:
+            continue
+        repeated = fd.is_repeated if hasattr(fd, "is_repeated") else fd.label == fd.LABEL_REPEATED
+        if repeated:
+            getattr(dst, fd.name).extend(value)
+        elif fd.message_type is not None:
+            getattr(dst, fd.name).CopyFrom(value)
+        else:
+            setattr(dst, fd.name, value)

@@ -1,0 +1,100 @@
+"""`graphopt MODEL -p SPEC [-o OUT]`: optimize a model with a pass pipeline."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .. import api
+from ..instruments import DumpAfter
+from ..pipeline import Report
+from . import options
+from .present import console, format_bytes, progress_callback
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="the ONNX model to optimize")
+    parser.add_argument("-p", "--pipeline", default="clean,fuse", metavar="SPEC",
+                        help="passes and groups, e.g. 'clean,fuse,prune(ratio=0.3)' "
+                             "(default clean,fuse; see `graphopt passes`)")
+    parser.add_argument("-o", "--output", metavar="OUT",
+                        help="output path (default: MODEL with .opt.onnx)")
+    parser.add_argument("--in-place", action="store_true", help="overwrite the input model")
+    parser.add_argument("--external-data", choices=("auto", "always", "never"), default="auto",
+                        help="weights in a separate .data file (auto: only when over 2 GB)")
+    parser.add_argument("--dump-after", action="append", default=[], metavar="PASS",
+                        help="save the model after each run of PASS ('*' for all; repeatable)")
+    parser.add_argument("--dump-dir", default="graphopt-dump", metavar="DIR",
+                        help="where --dump-after writes (default ./graphopt-dump)")
+    parser.add_argument("--report", metavar="PATH",
+                        help="write a before/after report: one self-contained HTML page, or JSON "
+                             "when PATH ends in .json (profiles the input and output models)")
+    options.add_context_args(parser)
+    options.add_verify_args(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    ctx = options.context_from_args(args)
+    instruments = []
+    if not args.no_verify:
+        from ..verify import VerifyInstrument
+
+        instruments.append(VerifyInstrument(**options.verify_options_from_args(args)))
+    if args.dump_after:
+        instruments.append(DumpAfter(args.dump_after, args.dump_dir))
+    external = {"auto": None, "always": True, "never": False}[args.external_data]
+    stage_profiler = None
+    if getattr(args, "report", None):
+        from ..analysis.stages import StageProfiler
+
+        stage_profiler = StageProfiler(ctx.input_shapes)
+        instruments.append(stage_profiler)  # after verification: sees reverted passes
+    with progress_callback(quiet=args.quiet or args.json) as progress:
+        if stage_profiler is not None:
+            stage_profiler.progress = progress
+        out, report = api.optimize_file(
+            args.model, args.output, args.pipeline, ctx=ctx, instruments=instruments,
+            in_place=args.in_place, external_data=external, progress=progress,
+        )
+        if stage_profiler is not None:
+            from ..report import report_for_run
+
+            report_for_run(args.report, report, input_path=args.model, output_path=out,
+                           spec=args.pipeline, input_shapes=ctx.input_shapes, progress=progress)
+    if args.json:
+        json.dump({"output": out, **report.as_dict()}, sys.stdout, indent=2, default=str)
+        sys.stdout.write("\n")
+    elif not args.quiet:
+        print_report(report, out)
+    return 0
+
+
+def print_report(report: Report, out: str) -> None:
+    from rich.table import Table
+
+    table = Table(title=None, box=None, header_style="bold")
+    for col, justify in (("pass", "left"), ("changed", "center"), ("nodes", "right"),
+                         ("weights", "right"), ("time", "right"), ("check", "left")):
+        table.add_column(col, justify=justify)
+    for r in report.records:
+        if not r.changed and r.iteration > 0:
+            continue
+        check = r.extra.get("verify", {}).get("summary", "")
+        if r.reverted:
+            check = f"[red]reverted[/] {check}"
+        table.add_row(
+            r.spec + (f" #{r.iteration + 1}" if r.iteration else ""),
+            "yes" if r.changed else "-",
+            f"{r.nodes_before} → {r.nodes_after}" if r.changed else str(r.nodes_after),
+            format_bytes(r.bytes_after),
+            f"{r.seconds * 1000:.0f} ms",
+            check,
+        )
+    c = console()
+    c.print(table)
+    c.print(
+        f"[bold]{report.nodes_before} → {report.nodes_after} nodes, "
+        f"{format_bytes(report.bytes_before)} → {format_bytes(report.bytes_after)} weights, "
+        f"{report.seconds:.2f} s[/]  wrote {out}"
+    )

@@ -1,0 +1,593 @@
+"""Passes, the registry, pipeline specs and the pass manager.
+
+A pipeline spec is a comma-separated list of pass or group names, each optionally with
+typed options: ``clean,fuse,prune(ratio=0.3),quant(mode=static, exclude=[Conv,Gemm])``.
+Groups (``clean``, ``fuse``, ...) expand to their member passes and may be iterated to
+a fixed point.
+
+The PassManager runs the expanded pipeline on a `Model`, calling instruments before and
+after every pass (timing, statistics, dumping, verification).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import importlib.util
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Iterable, Sequence
+
+from .errors import GraphoptError
+from .ir import Model
+
+log = logging.getLogger(__name__)
+
+CONTRACTS = ("exact", "float", "lossy")
+TARGETS = ("onnx", "ort", "tvm")
+
+
+# ---------------------------------------------------------------------------- options
+
+
+@dataclass(frozen=True)
+class Option:
+    """A typed option of a pass. `type` is int, float, bool, str or list (of str)."""
+
+    type: type
+    default: Any
+    help: str = ""
+    choices: tuple | None = None
+
+    def coerce(self, pass_name: str, name: str, raw: Any) -> Any:
+        def bad(why: str) -> GraphoptError:
+            return GraphoptError(f"pass '{pass_name}': option {name}={raw!r}: {why}")
+
+        value = raw
+        if self.type is bool:
+            if isinstance(raw, bool):
+                value = raw
+            elif isinstance(raw, str) and raw.lower() in ("1", "true", "yes", "on"):
+                value = True
+            elif isinstance(raw, str) and raw.lower() in ("0", "false", "no", "off"):
+                value = False
+            else:
+                raise bad("expected true or false")
+        elif self.type is int:
+            try:
+                value = int(raw)
+                if isinstance(raw, float) and raw != value:
+                    raise ValueError
+            except (TypeError, ValueError):
+                raise bad("expected an integer") from None
+        elif self.type is float:
+            try:
+                value = float(raw)
+            except (TypeError, ValueError):
+                raise bad("expected a number") from None
+        elif self.type is list:
+            if isinstance(raw, str):
+                value = [raw] if raw else []
+            elif isinstance(raw, (list, tuple)):
+                value = [str(v) for v in raw]
+            else:
+                raise bad("expected a list like [a,b]")
+        elif self.type is str:
+            value = str(raw)
+        if self.choices is not None:
+            items = value if isinstance(value, list) else [value]
+            for item in items:
+                if item not in self.choices:
+                    raise bad(f"expected one of {', '.join(map(str, self.choices))}")
+        return value
+
+    def describe(self) -> str:
+        kind = self.type.__name__
+        if self.choices:
+            kind = "|".join(map(str, self.choices))
+        return f"{kind}={self.default!r}" if self.default is not None else kind
+
+
+# ---------------------------------------------------------------------------- passes
+
+
+@dataclass
+class PassResult:
+    """What a pass did: whether the graph changed, and statistics worth reporting."""
+
+    changed: bool
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PassContext:
+    """Settings shared by all passes of a run (from the CLI or the embedding tool).
+
+    target: where the model will run: 'onnx' (portable standard ops), 'ort'
+        (onnxruntime, contrib ops allowed) or 'tvm' (TVM's ONNX importer).
+    allow_opset_upgrade: passes may convert the model to a newer opset.
+    input_shapes / input_ranges: user-given bindings for graph inputs.
+    samples: real input samples (a list of {input name: array}), used for
+        calibration, data-driven decisions and verification.
+    """
+
+    target: str = "onnx"
+    allow_opset_upgrade: bool = False
+    input_shapes: dict[str, tuple] = field(default_factory=dict)
+    input_ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
+    samples: list[dict] | None = None
+    seed: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.target not in TARGETS:
+            raise GraphoptError(f"unknown target '{self.target}' (expected one of {', '.join(TARGETS)})")
+
+
+class Pass:
+    """Base class of all passes.
+
+    Subclasses set `name` (via `register_pass`), `contract` ('exact', 'float' or
+    'lossy'), a one-line docstring, and `options` (a dict of `Option`). They implement
+    `run(model, ctx)` returning a `PassResult` (or a bool: changed or not).
+
+    Options are available as attributes: a pass with ``options = {"ratio": Option(float,
+    0.3)}`` reads ``self.ratio``.
+    """
+
+    name: ClassVar[str] = ""
+    contract: ClassVar[str] = "exact"
+    options: ClassVar[dict[str, Option]] = {}
+    # For lossy passes: the default error budget the verifier applies (see verify).
+    budget: ClassVar[dict[str, float]] = {}
+
+    def __init__(self, **opts: Any) -> None:
+        unknown = set(opts) - set(self.options)
+        if unknown:
+            known = ", ".join(sorted(self.options)) or "none"
+            raise GraphoptError(
+                f"pass '{self.name}' has no option '{sorted(unknown)[0]}' (options: {known})"
+            )
+        for key, opt in self.options.items():
+            value = opt.coerce(self.name, key, opts[key]) if key in opts else opt.default
+            setattr(self, key, value)
+        self.given_options = dict(opts)
+
+    def run(self, model: Model, ctx: PassContext) -> PassResult | bool:
+        raise NotImplementedError
+
+    @classmethod
+    def summary(cls) -> str:
+        doc = (cls.__doc__ or "").strip()
+        return doc.splitlines()[0] if doc else ""
+
+    def __repr__(self) -> str:
+        if not self.given_options:
+            return self.name
+        args = ",".join(f"{k}={v}" for k, v in self.given_options.items())
+        return f"{self.name}({args})"
+
+
+# ---------------------------------------------------------------------------- registry
+
+
+@dataclass(frozen=True)
+class Group:
+    name: str
+    members: tuple[str, ...]
+    description: str
+    fixed_point: bool = False
+    max_iterations: int = 8
+
+
+_PASSES: dict[str, type[Pass]] = {}
+_GROUPS: dict[str, Group] = {}
+_discovered = False
+_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-.]*$")
+
+
+def register_pass(name: str, *, replace: bool = False) -> Callable[[type[Pass]], type[Pass]]:
+    """Class decorator registering a Pass subclass under `name`."""
+
+    if not _NAME_RE.match(name):
+        raise ValueError(f"invalid pass name {name!r}")
+
+    def deco(cls: type[Pass]) -> type[Pass]:
+        if not (isinstance(cls, type) and issubclass(cls, Pass)):
+            raise TypeError("register_pass decorates subclasses of graphopt.Pass")
+        if cls.contract not in CONTRACTS:
+            raise ValueError(f"pass {name!r}: contract must be one of {CONTRACTS}")
+        if not replace and (name in _PASSES and _PASSES[name] is not cls or name in _GROUPS):
+            raise ValueError(f"a pass or group named {name!r} is already registered")
+        cls.name = name
+        _PASSES[name] = cls
+        return cls
+
+    return deco
+
+
+def register_group(
+    name: str, members: Sequence[str], description: str, *, fixed_point: bool = False,
+    max_iterations: int = 8, replace: bool = False,
+) -> None:
+    """Register a named group of passes (members may be passes or other groups)."""
+    if not replace and (name in _PASSES or name in _GROUPS):
+        raise ValueError(f"a pass or group named {name!r} is already registered")
+    _GROUPS[name] = Group(name, tuple(members), description, fixed_point, max_iterations)
+
+
+def discover() -> None:
+    """Import the built-in passes and those of installed plugins (entry points)."""
+    global _discovered
+    if _discovered:
+        return
+    _discovered = True
+    _import_builtin_passes()
+    # Importing the subpackage graphopt.passes rebinds the attribute `graphopt.passes`
+    # to the module, hiding the public function graphopt.passes(); put the function back.
+    import sys
+
+    top = sys.modules.get("graphopt")
+    if top is not None and getattr(top, "passes", None) is not passes:
+        top.passes = passes
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group="graphopt.passes"):
+        try:
+            ep.load()
+        except Exception as e:  # a broken plugin must not break graphopt
+            log.warning("could not load pass plugin '%s': %s", ep.name, e)
+
+
+def _import_builtin_passes() -> None:
+    """Import graphopt.passes. Installed, it is a subpackage; run from a source checkout
+    with a non-editable install elsewhere, the checkout's graphopt/ shadows it and the
+    passes sit in ../passes, so load them from there under their installed name."""
+    import sys
+    from pathlib import Path
+
+    try:
+        importlib.import_module("graphopt.passes")
+        return
+    except ModuleNotFoundError as e:
+        if e.name != "graphopt.passes":
+            raise
+    source = Path(__file__).resolve().parent.parent / "passes" / "__init__.py"
+    spec = importlib.util.spec_from_file_location(
+        "graphopt.passes", source, submodule_search_locations=[str(source.parent)]
+    )
+    if spec is None or not source.is_file():
+        raise ModuleNotFoundError("graphopt.passes is missing: reinstall graphopt")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["graphopt.passes"] = module
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+
+
+def load_plugin(module: str) -> None:
+    """Import a module that registers passes (the CLI's --plugin)."""
+    try:
+        importlib.import_module(module)
+    except ImportError as e:
+        raise GraphoptError(f"cannot import plugin '{module}': {e}") from e
+
+
+def passes() -> dict[str, type[Pass]]:
+    discover()
+    return dict(sorted(_PASSES.items()))
+
+
+def groups() -> dict[str, Group]:
+    discover()
+    return dict(sorted(_GROUPS.items()))
+
+
+def get_pass(name: str) -> type[Pass]:
+    discover()
+    if name not in _PASSES:
+        raise GraphoptError(_unknown(name))
+    return _PASSES[name]
+
+
+def _unknown(name: str) -> str:
+    import difflib
+
+    names = sorted(_PASSES) + sorted(_GROUPS)
+    close = difflib.get_close_matches(name, names, n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return f"unknown pass '{name}'{hint}; available: {', '.join(names)}"
+
+
+# ---------------------------------------------------------------------------- spec parser
+
+
+@dataclass(frozen=True)
+class SpecItem:
+    name: str
+    options: dict[str, Any]
+
+
+_TOKEN = re.compile(
+    r"""\s*(?:
+        (?P<str>"[^"]*"|'[^']*')
+      | (?P<punct>[(),=\[\]])
+      | (?P<word>[^\s(),=\[\]"']+)
+    )""",
+    re.VERBOSE,
+)
+
+
+def _tokenize(spec: str) -> list[tuple[str, str]]:
+    tokens, pos = [], 0
+    spec = spec.rstrip()
+    while pos < len(spec):
+        m = _TOKEN.match(spec, pos)
+        if not m or m.end() == pos:
+            raise GraphoptError(f"invalid pipeline spec at column {pos + 1}: {spec!r}")
+        pos = m.end()
+        kind = m.lastgroup
+        tokens.append((kind, m.group(kind)))
+    return tokens
+
+
+def _literal(kind: str, text: str) -> Any:
+    if kind == "str":
+        return text[1:-1]
+    for conv in (int, float):
+        try:
+            return conv(text)
+        except ValueError:
+            pass
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    return text
+
+
+def parse_spec(spec: str) -> list[SpecItem]:
+    """Parse a pipeline spec into items (names are not resolved here)."""
+    if not spec or not spec.strip():
+        raise GraphoptError("empty pipeline spec (try -p clean)")
+    toks = _tokenize(spec)
+    items: list[SpecItem] = []
+    i = 0
+
+    def err(msg: str) -> GraphoptError:
+        return GraphoptError(f"invalid pipeline spec {spec!r}: {msg}")
+
+    def expect(value: str) -> None:
+        nonlocal i
+        if i >= len(toks) or toks[i][1] != value:
+            got = toks[i][1] if i < len(toks) else "end of spec"
+            raise err(f"expected '{value}', got '{got}'")
+        i += 1
+
+    while True:
+        if i >= len(toks) or toks[i][0] != "word":
+            got = toks[i][1] if i < len(toks) else "end of spec"
+            raise err(f"expected a pass name, got '{got}'")
+        name = toks[i][1]
+        if not _NAME_RE.match(name):
+            raise err(f"'{name}' is not a valid pass name")
+        i += 1
+        opts: dict[str, Any] = {}
+        if i < len(toks) and toks[i][1] == "(":
+            i += 1
+            while i < len(toks) and toks[i][1] != ")":
+                if toks[i][0] != "word":
+                    raise err(f"expected an option name, got '{toks[i][1]}'")
+                key = toks[i][1]
+                i += 1
+                expect("=")
+                if i < len(toks) and toks[i][1] == "[":
+                    i += 1
+                    values = []
+                    while i < len(toks) and toks[i][1] != "]":
+                        if toks[i][0] not in ("word", "str"):
+                            raise err(f"unexpected '{toks[i][1]}' in list")
+                        values.append(_literal("str", f'"{toks[i][1]}"') if toks[i][0] == "word" else _literal(*toks[i]))
+                        i += 1
+                        if i < len(toks) and toks[i][1] == ",":
+                            i += 1
+                    expect("]")
+                    value: Any = values
+                elif i < len(toks) and toks[i][0] in ("word", "str"):
+                    value = _literal(*toks[i])
+                    i += 1
+                else:
+                    raise err(f"option '{key}' has no value")
+                if key in opts:
+                    raise err(f"option '{key}' given twice")
+                opts[key] = value
+                if i < len(toks) and toks[i][1] == ",":
+                    i += 1
+            expect(")")
+        items.append(SpecItem(name, opts))
+        if i >= len(toks):
+            break
+        expect(",")
+    return items
+
+
+@dataclass
+class Stage:
+    """One element of an expanded pipeline: a pass, or a group iterated to a fixed point."""
+
+    group: str | None
+    passes: list[Pass]
+    fixed_point: bool = False
+    max_iterations: int = 1
+
+
+def build_pipeline(spec: str | Sequence[str | Pass]) -> list[Stage]:
+    """Resolve a spec (string, or a list of names/Pass instances) into stages."""
+    discover()
+    if isinstance(spec, str):
+        items: list[SpecItem | Pass] = list(parse_spec(spec))
+    else:
+        items = []
+        for s in spec:
+            items.extend(parse_spec(s) if isinstance(s, str) else [s])
+    stages: list[Stage] = []
+    for item in items:
+        if isinstance(item, Pass):
+            stages.append(Stage(None, [item]))
+        elif item.name in _GROUPS:
+            if item.options:
+                raise GraphoptError(f"group '{item.name}' takes no options; give them to its passes")
+            group = _GROUPS[item.name]
+            stages.append(
+                Stage(group.name, _expand_group(group, ()), group.fixed_point, group.max_iterations)
+            )
+        else:
+            stages.append(Stage(None, [get_pass(item.name)(**item.options)]))
+    return stages
+
+
+def _expand_group(group: Group, seen: tuple[str, ...]) -> list[Pass]:
+    if group.name in seen:
+        raise GraphoptError(f"group '{group.name}' contains itself")
+    out: list[Pass] = []
+    for member in group.members:
+        for item in parse_spec(member):
+            if item.name in _GROUPS:
+                out.extend(_expand_group(_GROUPS[item.name], seen + (group.name,)))
+            else:
+                out.append(get_pass(item.name)(**item.options))
+    return out
+
+
+# ---------------------------------------------------------------------------- instruments
+
+
+class Instrument:
+    """Hooks around each pass (LLVM's PassInstrumentation, TVM's PassInstrument).
+
+    `after_pass` may raise to stop the pipeline, or restore the model to its state before
+    the pass (it took a snapshot in `before_pass`) and return "revert", which marks the
+    pass reverted. Instruments add what they measured to `record.extra`.
+    """
+
+    def before_pipeline(self, model: Model, ctx: PassContext) -> None: ...
+
+    def before_pass(self, p: Pass, model: Model, ctx: PassContext) -> None: ...
+
+    def after_pass(self, p: Pass, model: Model, ctx: PassContext, record: "PassRecord") -> str | None: ...
+
+    def after_pipeline(self, model: Model, ctx: PassContext, report: "Report") -> None: ...
+
+
+@dataclass
+class PassRecord:
+    """What happened in one run of one pass."""
+
+    name: str
+    spec: str
+    contract: str
+    group: str | None
+    iteration: int
+    changed: bool
+    stats: dict[str, Any]
+    nodes_before: int
+    nodes_after: int
+    bytes_before: int
+    bytes_after: int
+    seconds: float
+    reverted: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class Report:
+    """The result of a pipeline run."""
+
+    records: list[PassRecord] = field(default_factory=list)
+    nodes_before: int = 0
+    nodes_after: int = 0
+    bytes_before: int = 0
+    bytes_after: int = 0
+    seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------------------- manager
+
+
+class PassManager:
+    """Runs a pipeline of passes over a model, with instruments around each pass."""
+
+    def __init__(
+        self,
+        spec: str | Sequence[str | Pass],
+        ctx: PassContext | None = None,
+        instruments: Iterable[Instrument] = (),
+    ) -> None:
+        self.stages = build_pipeline(spec)
+        self.ctx = ctx or PassContext()
+        self.instruments = list(instruments)
+        self.progress: Callable[[str], None] | None = None
+
+    @property
+    def passes(self) -> list[Pass]:
+        return [p for s in self.stages for p in s.passes]
+
+    def run(self, model: Model) -> Report:
+        ctx = self.ctx
+        report = Report(nodes_before=model.node_count(), bytes_before=model.weight_bytes())
+        start = time.perf_counter()
+        for inst in self.instruments:
+            inst.before_pipeline(model, ctx)
+        for stage in self.stages:
+            iterations = stage.max_iterations if stage.fixed_point else 1
+            for it in range(iterations):
+                changed_any = False
+                for p in stage.passes:
+                    record = self._run_pass(p, model, stage.group, it, report)
+                    changed_any |= record.changed and not record.reverted
+                if not changed_any:
+                    break
+            else:
+                if stage.fixed_point:
+                    log.info("group '%s' did not settle after %d iterations", stage.group, iterations)
+        report.seconds = time.perf_counter() - start
+        report.nodes_after = model.node_count()
+        report.bytes_after = model.weight_bytes()
+        for inst in self.instruments:
+            inst.after_pipeline(model, ctx, report)
+        return report
+
+    def _run_pass(self, p: Pass, model: Model, group: str | None, it: int, report: Report) -> PassRecord:
+        if self.progress:
+            self.progress(p.name)
+        nodes_before, bytes_before = model.node_count(), model.weight_bytes()
+        for inst in self.instruments:
+            inst.before_pass(p, model, self.ctx)
+        t0 = time.perf_counter()
+        try:
+            result = p.run(model, self.ctx)
+        except GraphoptError as e:
+            raise GraphoptError(f"pass '{p.name}': {e}") from e
+        seconds = time.perf_counter() - t0
+        if isinstance(result, bool):
+            result = PassResult(result)
+        elif not isinstance(result, PassResult):
+            raise TypeError(f"pass '{p.name}' returned {type(result).__name__}, expected PassResult or bool")
+        record = PassRecord(
+            name=p.name, spec=repr(p), contract=p.contract, group=group, iteration=it,
+            changed=result.changed, stats=dict(result.stats),
+            nodes_before=nodes_before, nodes_after=model.node_count(),
+            bytes_before=bytes_before, bytes_after=model.weight_bytes(), seconds=seconds,
+        )
+        report.records.append(record)
+        for inst in self.instruments:
+            if inst.after_pass(p, model, self.ctx, record) == "revert":
+                record.reverted = True
+                record.nodes_after, record.bytes_after = model.node_count(), model.weight_bytes()
+        log.debug("%s: changed=%s %s (%.3fs)", p.name, result.changed, result.stats, seconds)
+        return record

@@ -1,0 +1,413 @@
+"""compare(): are two models numerically equivalent under a contract?
+
+The one code path behind the verification instrument and `graphopt verify`:
+real samples first, then hypothesis-drawn inputs; on a failure, hypothesis shrinks the
+drawn input to a minimal counterexample (bounded in time).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import shlex
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from ..errors import GraphoptError
+from .contracts import Contract, OutputCheck, check_output
+from .inputs import Example, InputSpace, graph_inputs
+from .runner import InvalidInput, Runner, RunnerUnavailable
+
+log = logging.getLogger(__name__)
+
+DEFAULT_EXAMPLES = 8
+SHRINK_SECONDS = 20.0
+
+
+class SignatureMismatch(GraphoptError):
+    """The two models do not take the same inputs or give the same number of outputs."""
+
+
+@dataclass
+class CompareResult:
+    ok: bool
+    contract: Contract
+    examples: int = 0                   # examples compared (samples + drawn)
+    samples_used: int = 0
+    skipped: bool = False
+    reason: str = ""                    # why skipped
+    worst: OutputCheck | None = None    # the worst output check (failing one if not ok)
+    counterexample: dict[str, np.ndarray] | None = None
+    counterexample_text: str = ""
+    shrunk: bool = False
+    shrink_steps: int = 0
+    backend: str = "onnxruntime"
+    notes: list[str] = field(default_factory=list)
+    repro: str | None = None
+    seconds: float = 0.0
+    model_runs: int = 0                 # inference runs this check cost (cached ones excluded)
+    # reusable by the caller (the instrument keeps them for the next check)
+    runner_a: Runner | None = field(default=None, repr=False)
+    runner_b: Runner | None = field(default=None, repr=False)
+    space: InputSpace | None = field(default=None, repr=False)
+
+    @property
+    def summary(self) -> str:
+        if self.skipped:
+            return f"skipped: {self.reason}"
+        w = self.worst
+        if self.ok:
+            if w is None or w.error == 0 or self.contract.kind == "exact" or (w.measure == "max abs err" and w.tolerance == 0):
+                detail = "exact" if w is None or w.error == 0 else f"max err {w.error:.1g}"
+            elif w.measure in ("cosine", "top1"):
+                detail = f"{w.measure} {w.error:.4g} ≥ {w.tolerance:.4g}"
+            else:
+                detail = f"{'max err' if w.measure == 'max abs err' else w.measure} {w.error:.1g} ≤ {w.tolerance:.1g}"
+            ref = "" if self.backend == "onnxruntime" else f" [{self.backend}]"
+            return f"ok {self.examples}/{self.examples}, {detail}{ref}"
+        assert w is not None
+        return f"FAILED {w.name}: {self.failure_detail()}"
+
+    def failure_detail(self) -> str:
+        w = self.worst
+        if w is None:
+            return "unknown"
+        if w.measure in ("shape", "dtype", "nan", "crash"):
+            return w.detail
+        if w.measure in ("cosine", "top1"):
+            return f"{w.measure} {w.error:.4g} < {w.tolerance:.4g}"
+        extra = f" ({w.detail})" if w.detail else ""
+        return f"{w.measure} {w.error:.3g} > {w.tolerance:.3g}{extra}"
+
+    def message(self, what: str = "the models differ") -> str:
+        if self.ok:
+            return f"{what}: {self.summary}"
+        w = self.worst
+        text = (f"{what}: output '{w.name}' {self.failure_detail()} under the "
+                f"{self.contract.describe()} contract, on {self.counterexample_text}")
+        if self.repro:
+            text += f"; reproducer in {self.repro}"
+        return text
+
+    def as_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "status": "skipped" if self.skipped else ("ok" if self.ok else "failed"),
+            "summary": self.summary, "contract": self.contract.describe(),
+            "examples": self.examples, "samples": self.samples_used, "backend": self.backend,
+            "seconds": round(self.seconds, 4), "model_runs": self.model_runs,
+        }
+        if self.worst is not None:
+            d.update(worst_output=self.worst.name, measure=self.worst.measure,
+                     error=self.worst.error, tolerance=self.worst.tolerance)
+        if self.skipped:
+            d["reason"] = self.reason
+        if not self.ok and not self.skipped:
+            d.update(counterexample=self.counterexample_text, shrunk=self.shrunk,
+                     shrink_steps=self.shrink_steps)
+            if self.counterexample is not None:
+                d["counterexample_shapes"] = {k: list(v.shape) for k, v in self.counterexample.items()}
+        if self.repro:
+            d["repro"] = self.repro
+        if self.notes:
+            d["notes"] = list(self.notes)
+        return d
+
+
+def check_signatures(a: onnx.ModelProto, b: onnx.ModelProto) -> None:
+    ia = {s.name: s for s in graph_inputs(a)}
+    ib = {s.name: s for s in graph_inputs(b)}
+    if ia.keys() != ib.keys():
+        only_a, only_b = sorted(ia.keys() - ib.keys()), sorted(ib.keys() - ia.keys())
+        raise SignatureMismatch(
+            "the models take different inputs: "
+            + "; ".join(x for x in (f"only the first has {', '.join(only_a)}" if only_a else "",
+                                    f"only the second has {', '.join(only_b)}" if only_b else "") if x))
+    for name, s in ia.items():
+        if s.elem_type != ib[name].elem_type:
+            raise SignatureMismatch(f"input '{name}' is {s.dtype} in the first model but {ib[name].dtype} in the second")
+    if len(a.graph.output) != len(b.graph.output):
+        raise SignatureMismatch(f"the first model has {len(a.graph.output)} outputs, the second {len(b.graph.output)}")
+
+
+class _Checker:
+    """Runs both models on examples and judges them under the contract."""
+
+    def __init__(self, ra: Runner, rb: Runner, names: list[str], contract: Contract) -> None:
+        self.ra, self.rb, self.names, self.contract = ra, rb, names, contract
+        self.valid = 0
+        self.worst: OutputCheck | None = None
+        self.top1: dict[str, list] = {}   # output -> [agree, rows, worst example, worst share]
+
+    def judge(self, ex: Example) -> OutputCheck | None:
+        """None if the reference model rejects the input; else the worst output check."""
+        feeds = ex.feeds
+        try:
+            outs_a = self.ra.run(feeds)
+        except InvalidInput:
+            return None
+        self.valid += 1
+        try:
+            outs_b = self.rb.run(feeds)
+        except InvalidInput as e:
+            return OutputCheck(self.names[0], False, float("inf"), 0.0, "crash",
+                               f"the second model fails where the first runs: {e}")
+        worst = None
+        for name, a, b in zip(self.names, outs_a, outs_b):
+            c = check_output(name, a, b, self.contract)
+            if c.top1 is not None:
+                acc = self.top1.setdefault(name, [0, 0, None, 2.0])
+                acc[0] += c.top1[0]
+                acc[1] += c.top1[1]
+                share = c.top1[0] / max(c.top1[1], 1)
+                if share < acc[3]:
+                    acc[2], acc[3] = ex, share
+            if worst is None or (not c.ok and worst.ok) or (c.ok == worst.ok and c.margin > worst.margin):
+                worst = c
+        if worst is not None and (self.worst is None or (not worst.ok and self.worst.ok)
+                                  or (worst.ok == self.worst.ok and worst.margin > self.worst.margin)):
+            self.worst = worst
+        return worst
+
+
+def compare(
+    model_a: onnx.ModelProto,
+    model_b: onnx.ModelProto,
+    contract: str | Contract = "float",
+    *,
+    budget: dict[str, float] | None = None,
+    rtol: float | None = None,
+    atol: float | None = None,
+    examples: int = DEFAULT_EXAMPLES,
+    seed: int = 0,
+    input_shapes: dict | None = None,
+    input_ranges: dict | None = None,
+    samples: list[dict] | None = None,
+    shrink_seconds: float = SHRINK_SECONDS,
+    runner_a: Runner | None = None,
+    runner_b: Runner | None = None,
+    space: InputSpace | None = None,
+    threads: int = 1,
+) -> CompareResult:
+    """Check that `model_b` computes what `model_a` computes, under `contract`.
+
+    Samples (real inputs, {name: array}) are compared first, then inputs drawn by
+    hypothesis from the models' signature fill up to `examples`. A failing drawn input is
+    shrunk to a minimal counterexample (smaller dims, simpler values) for at most
+    `shrink_seconds`. Raises SignatureMismatch (a GraphoptError) if the models take
+    different inputs.
+    """
+    t0 = time.perf_counter()
+    if not isinstance(contract, Contract):
+        kw: dict[str, Any] = {"budget": dict(budget or {})}
+        if rtol is not None:
+            kw["rtol"] = rtol
+        if atol is not None:
+            kw["atol"] = atol
+        contract = Contract(contract, **kw)
+    check_signatures(model_a, model_b)
+    result = CompareResult(ok=True, contract=contract)
+    try:
+        ra = runner_a or Runner(model_a, threads=threads)
+        rb = runner_b or Runner(model_b, threads=threads)
+    except RunnerUnavailable as e:
+        log.warning("verification skipped: %s", e)
+        return _done(CompareResult(ok=True, contract=contract, skipped=True, reason=str(e)), t0)
+    result.backend = ra.backend if ra.backend == rb.backend else f"{ra.backend} vs {rb.backend}"
+    result.notes = [n for n in (ra.note, rb.note) if n]
+    if space is None:
+        space = make_space(model_a, ra, input_shapes, input_ranges)
+    result.runner_a, result.runner_b, result.space = ra, rb, space
+    result._runs0 = ra.runs + rb.runs  # type: ignore[attr-defined]
+    if not space.deterministic:
+        result.skipped = True
+        result.reason = "the first model gives different outputs on the same input (random ops?)"
+        log.warning("verification skipped: %s", result.reason)
+        return _done(result, t0)
+    names = [o.name for o in model_a.graph.output]
+    checker = _Checker(ra, rb, names, contract)
+
+    # 1. real samples first
+    for sample in (samples or [])[:examples]:
+        ex = space.from_sample(sample)
+        c = checker.judge(ex)
+        if c is None:
+            raise GraphoptError(f"the first model rejects a real sample ({ex.describe()}); check --samples")
+        result.samples_used += 1
+        if not c.ok:
+            return _fail(result, checker, c, ex, t0)
+
+    # 2. drawn examples, shrunk on failure
+    todo = examples - result.samples_used
+    if todo > 0 and space.probed_ok:
+        found = _search(space, checker, todo, seed, shrink_seconds)
+        if found is not None:
+            ex, c, steps = found
+            result.shrunk, result.shrink_steps = steps > 0, steps
+            return _fail(result, checker, c, ex, t0)
+    elif todo > 0 and not result.samples_used:
+        result.skipped = True
+        result.reason = (f"found no input the model accepts ({space.probe_error}); "
+                         "give --input-shape or --samples")
+        return _done(result, t0)
+
+    # 3. pooled top-1 agreement
+    bound = contract.budget.get("top1") if contract.kind == "lossy" else None
+    if bound is not None:
+        for name, (agree, rows, worst_ex, _) in checker.top1.items():
+            share = agree / max(rows, 1)
+            c = OutputCheck(name, share >= bound, share, bound, "top1")
+            if not c.ok:
+                return _fail(result, checker, c, worst_ex, t0)
+            if checker.worst is None or checker.worst.measure != "top1" and c.margin > checker.worst.margin:
+                checker.worst = c
+    result.examples = checker.valid
+    result.worst = checker.worst
+    if checker.valid == 0:
+        result.skipped = True
+        result.reason = f"no drawn input was accepted by the model ({space.probe_error})"
+        return _done(result, t0)
+    return _done(result, t0)
+
+
+def _done(result: CompareResult, t0: float) -> CompareResult:
+    result.seconds = time.perf_counter() - t0
+    if result.runner_a is not None and result.runner_b is not None:
+        runs = result.runner_a.runs + (result.runner_b.runs if result.runner_b is not result.runner_a else 0)
+        result.model_runs = runs - getattr(result, "_runs0", 0)
+    return result
+
+
+def _fail(result: CompareResult, checker: _Checker, c: OutputCheck, ex: Example, t0: float) -> CompareResult:
+    result.ok = False
+    result.worst = c
+    result.examples = checker.valid
+    result.counterexample = dict(ex.feeds)
+    result.counterexample_text = ex.describe()
+    return _done(result, t0)
+
+
+def make_space(model: onnx.ModelProto, runner: Runner, input_shapes=None, input_ranges=None) -> InputSpace:
+    """The input space of a model, with symbolic dims raised until the model accepts
+    the smallest example (e.g. a CNN whose image dims are symbolic)."""
+    space = InputSpace.from_model(model, input_shapes, input_ranges)
+    space.probed_ok = False
+    space.probe_error = ""
+    dims = space.min_dims()
+    recipe = {s.name: ({"float": "normal", "int": "uniform", "bool": "random"}[s.kind]
+                       if s.float_range is None else "uniform", 0) for s in space.specs}
+    for attempt in range(7):
+        try:
+            runner.run(Example(dims, recipe, space).feeds)
+            space.probed_ok = True
+            break
+        except InvalidInput as e:
+            space.probe_error = str(e)[:200]
+        except MemoryError:
+            break
+        grow = {k: (v * 2 if v > 1 else (8 if attempt == 0 else 2)) for k, v in dims.items()
+                if k in space.dim_ranges and space.dim_ranges[k][0] != space.dim_ranges[k][1]
+                and not _is_batch(space, k)}
+        if not grow:
+            break
+        dims = {**dims, **grow}
+        if space.elements(dims) > space.max_elements:
+            break
+    if space.probed_ok:
+        space.raise_minimum(dims)
+        space.bound_size()
+        feeds = Example(dims, recipe, space).feeds
+        try:
+            first, again = runner.run(feeds), runner.run(feeds, cache=False)
+            space.deterministic = all(
+                np.array_equal(np.asarray(x), np.asarray(y), equal_nan=np.asarray(x).dtype.kind in "fc")
+                for x, y in zip(first, again))
+        except InvalidInput:
+            pass
+    return space
+
+
+def _is_batch(space: InputSpace, key: str) -> bool:
+    return any(s.dims and s.dims[0] == key for s in space.specs) and not any(
+        key in s.dims[1:] for s in space.specs)
+
+
+def _search(space: InputSpace, checker: _Checker, n: int, seed: int, shrink_seconds: float):
+    """Draw up to n inputs; return (minimal failing example, its check, shrink steps) or None."""
+    from hypothesis import HealthCheck, Phase, find, reject, settings
+    from hypothesis.errors import NoSuchExample, Unsatisfiable
+
+    state: dict[str, Any] = {"last": None, "check": None, "deadline": None, "steps": -1}
+
+    def fails(ex: Example) -> bool:
+        if state["deadline"] is not None and time.perf_counter() > state["deadline"]:
+            # Out of shrinking time: only the current minimal example still "fails",
+            # so hypothesis stops improving and replays it.
+            return ex.same_as(state["last"])
+        c = checker.judge(ex)
+        if c is None:
+            reject()
+        if c.ok:
+            return False
+        if state["deadline"] is None:
+            state["deadline"] = time.perf_counter() + shrink_seconds
+        state["last"], state["check"] = ex, c
+        state["steps"] += 1
+        return True
+
+    conf = settings(max_examples=n, database=None, deadline=None, derandomize=False,
+                    suppress_health_check=list(HealthCheck), phases=[Phase.generate, Phase.shrink],
+                    report_multiple_bugs=False, print_blob=False)
+    from hypothesis.errors import HypothesisException
+
+    try:
+        ex = find(space.strategy(), fails, settings=conf, random=random.Random(seed))
+    except (NoSuchExample, Unsatisfiable):
+        return None
+    except HypothesisException as e:  # e.g. a failure that did not reproduce
+        if state["last"] is None:
+            raise
+        log.warning("hypothesis stopped shrinking early (%s); reporting the last failing input",
+                    type(e).__name__)
+        return state["last"], state["check"], max(state["steps"], 0)
+    check = state["check"] if state["last"] is not None and ex.same_as(state["last"]) else checker.judge(ex)
+    return ex, check, max(state["steps"], 0)
+
+
+# --------------------------------------------------------------------- reproducers
+
+
+def save_repro(
+    directory: str | os.PathLike, model_a: onnx.ModelProto, model_b: onnx.ModelProto,
+    result: CompareResult, *, title: str = "", extra_args: str = "",
+) -> Path:
+    """Write before.onnx, after.onnx, inputs.npz and README.txt to `directory`."""
+    from .. import io
+
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    io.save(model_a, d / "before.onnx")
+    io.save(model_b, d / "after.onnx")
+    if result.counterexample is not None:
+        np.savez(d / "inputs.npz", **result.counterexample)
+    c = result.contract
+    args = [f"--contract {c.kind}"]
+    if c.kind == "lossy":
+        args += [f"--budget {m}={v:g}" for m, v in c.budget.items()]
+    elif c.kind == "float":
+        args += [f"--rtol {c.rtol:g}", f"--atol {c.atol:g}"]
+    cmd = f"graphopt verify {shlex.quote(str(d / 'before.onnx'))} {shlex.quote(str(d / 'after.onnx'))} " \
+          f"--samples {shlex.quote(str(d / 'inputs.npz'))} " + " ".join(args) + (f" {extra_args}" if extra_args else "")
+    text = [title or "graphopt verification failure", "",
+            result.message("verification failed"), "",
+            "before.onnx  the model before the pass", "after.onnx   the model after the pass",
+            "inputs.npz   the (shrunk) counterexample inputs, keyed by input name", "",
+            "Re-check with:", f"    {cmd}", ""]
+    (d / "README.txt").write_text("\n".join(text))
+    result.repro = str(d)
+    return d

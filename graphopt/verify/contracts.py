@@ -1,0 +1,155 @@
+"""Contracts: how close a pass's output must stay to its input's.
+
+exact   every output bit-identical in value (NaN matches NaN; shapes and dtypes equal).
+float   per output, elementwise |a - b| <= atol + rtol * max|a| where max|a| is the
+        largest finite magnitude of the reference output a. Defaults rtol=1e-4,
+        atol=1e-6: Conv-BN folding on ResNet-50 lands around 1e-6 relative; a dropped
+        bias, a swapped channel or a sign flip land at 1e-2 and above. NaN/inf must sit
+        at the same places.
+lossy   a budget on metrics of the user's or the pass's choosing (worst case over
+        examples and float outputs): rel_l2 = ||a-b|| / ||a|| (at most), cosine =
+        cos(a, b) (at least), top1 = share of rows (last axis) whose argmax agrees (at
+        least; pooled over all examples). Default budget {"rel_l2": 0.05}.
+
+Integer and boolean outputs must match exactly under every contract except lossy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import GraphoptError
+
+CONTRACTS = ("exact", "float", "lossy")
+METRICS = ("rel_l2", "cosine", "top1")
+DEFAULT_RTOL = 1e-4
+DEFAULT_ATOL = 1e-6
+DEFAULT_BUDGET = {"rel_l2": 0.05}
+
+
+@dataclass
+class Contract:
+    kind: str = "float"
+    rtol: float = DEFAULT_RTOL
+    atol: float = DEFAULT_ATOL
+    budget: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.kind not in CONTRACTS:
+            raise GraphoptError(f"unknown contract '{self.kind}' (expected one of {', '.join(CONTRACTS)})")
+        if self.kind == "lossy":
+            self.budget = dict(self.budget or DEFAULT_BUDGET)
+            for m in self.budget:
+                if m not in METRICS:
+                    raise GraphoptError(f"unknown lossy metric '{m}' (expected one of {', '.join(METRICS)})")
+
+    def describe(self) -> str:
+        if self.kind == "exact":
+            return "exact"
+        if self.kind == "float":
+            return f"float (rtol {self.rtol:g}, atol {self.atol:g})"
+        return "lossy (" + ", ".join(f"{m} {'≤' if m == 'rel_l2' else '≥'} {v:g}" for m, v in self.budget.items()) + ")"
+
+
+@dataclass
+class OutputCheck:
+    """The comparison of one output on one example."""
+
+    name: str
+    ok: bool
+    error: float        # exact/float: max |a-b| ; lossy: the worst metric's value
+    tolerance: float    # the bound that error was held to
+    measure: str        # what `error` is: "max abs err", "rel_l2", "cosine", "top1", "shape"...
+    detail: str = ""
+    # for lossy top1 pooling: (agreeing rows, rows)
+    top1: tuple[int, int] | None = None
+
+    @property
+    def margin(self) -> float:
+        """How far past its bound the check is (>1 fails), to pick the worst output."""
+        if self.measure in ("cosine", "top1"):
+            return (1 - self.error) / max(1 - self.tolerance, 1e-12)
+        if self.measure in ("shape", "dtype", "nan"):
+            return float("inf")
+        return self.error / self.tolerance if self.tolerance > 0 else (0.0 if self.error == 0 else float("inf"))
+
+
+def _is_exact_dtype(a: np.ndarray) -> bool:
+    return not np.issubdtype(a.dtype, np.floating) and not np.issubdtype(a.dtype, np.complexfloating)
+
+
+def check_output(name: str, a: np.ndarray, b: np.ndarray, contract: Contract) -> OutputCheck:
+    a, b = np.asarray(a), np.asarray(b)
+    if a.shape != b.shape:
+        return OutputCheck(name, False, float("inf"), 0.0, "shape", f"shape {list(b.shape)} != {list(a.shape)}")
+    if a.dtype != b.dtype and not (contract.kind == "lossy" and a.dtype.kind == b.dtype.kind == "f"):
+        return OutputCheck(name, False, float("inf"), 0.0, "dtype", f"dtype {b.dtype} != {a.dtype}")
+    if a.dtype == object or a.dtype.kind in "US":
+        ok = bool(np.array_equal(a, b))
+        return OutputCheck(name, ok, 0.0 if ok else 1.0, 0.0, "mismatches")
+    if contract.kind == "lossy":
+        return _check_lossy(name, a, b, contract)
+    if _is_exact_dtype(a) or contract.kind == "exact":
+        if _is_exact_dtype(a):
+            diff = a != b
+            err = float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64)))) if diff.any() else 0.0
+        else:
+            both_nan = np.isnan(a) & np.isnan(b)
+            diff = (a != b) & ~both_nan
+            with np.errstate(invalid="ignore", over="ignore"):
+                d = np.abs(a.astype(np.float64) - b.astype(np.float64))
+            err = float(np.nanmax(np.where(diff, d, 0.0))) if diff.any() else 0.0
+            if diff.any() and not np.isfinite(err):
+                err = float("inf")
+        n = int(np.count_nonzero(diff))
+        return OutputCheck(name, n == 0, err, 0.0, "max abs err",
+                           f"{n} of {a.size} elements differ" if n else "")
+    # float contract
+    fa, fb = a.astype(np.float64), b.astype(np.float64)
+    nan_a, nan_b = np.isnan(fa), np.isnan(fb)
+    inf_a, inf_b = np.isinf(fa), np.isinf(fb)
+    if (nan_a != nan_b).any() or (inf_a != inf_b).any() or (fa[inf_a] != fb[inf_a]).any():
+        n = int(np.count_nonzero((nan_a != nan_b) | (inf_a != inf_b)))
+        return OutputCheck(name, False, float("inf"), 0.0, "nan", f"NaN/inf at different places ({n} elements)")
+    finite = ~(nan_a | inf_a)
+    if not finite.any():
+        return OutputCheck(name, True, 0.0, contract.atol, "max abs err")
+    scale = float(np.max(np.abs(fa[finite])))
+    tol = contract.atol + contract.rtol * scale
+    err = float(np.max(np.abs(fa[finite] - fb[finite])))
+    return OutputCheck(name, err <= tol, err, tol, "max abs err")
+
+
+def _check_lossy(name: str, a: np.ndarray, b: np.ndarray, contract: Contract) -> OutputCheck:
+    fa, fb = a.astype(np.float64).reshape(-1), b.astype(np.float64).reshape(-1)
+    if not (np.isfinite(fa).all() and np.isfinite(fb).all()):
+        if np.array_equal(fa, fb, equal_nan=True):
+            return OutputCheck(name, True, 0.0, 0.0, "rel_l2")
+        return OutputCheck(name, False, float("inf"), 0.0, "nan", "NaN/inf in outputs differ")
+    worst: OutputCheck | None = None
+    top1 = None
+    for metric, bound in contract.budget.items():
+        if metric == "rel_l2":
+            den = float(np.linalg.norm(fa))
+            num = float(np.linalg.norm(fa - fb))
+            val = num / den if den > 0 else (0.0 if num == 0 else float("inf"))
+            c = OutputCheck(name, val <= bound, val, bound, "rel_l2")
+        elif metric == "cosine":
+            na, nb = float(np.linalg.norm(fa)), float(np.linalg.norm(fb))
+            val = float(fa @ fb / (na * nb)) if na > 0 and nb > 0 else (1.0 if na == nb else 0.0)
+            c = OutputCheck(name, val >= bound, val, bound, "cosine")
+        else:  # top1: judged pooled over examples by the caller; per example it is informative
+            if a.ndim == 0 or a.shape[-1] < 2:
+                continue
+            ra, rb = a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1])
+            agree = int(np.count_nonzero(ra.argmax(-1) == rb.argmax(-1)))
+            top1 = (agree, ra.shape[0])
+            c = OutputCheck(name, True, agree / ra.shape[0], bound, "top1")
+        if worst is None or (not c.ok and worst.ok) or (c.ok == worst.ok and c.margin > worst.margin):
+            worst = c
+    if worst is None:
+        worst = OutputCheck(name, True, 0.0, 0.0, "rel_l2")
+    worst.top1 = top1
+    return worst

@@ -1,0 +1,152 @@
+"""Reference runners: onnxruntime with its graph optimizations off, else onnx's
+reference evaluator, else none (the caller skips with a visible warning)."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx
+
+log = logging.getLogger(__name__)
+
+
+class RunnerUnavailable(Exception):
+    """No backend can run this model."""
+
+
+class InvalidInput(Exception):
+    """The model rejected an input (shape or value outside what it accepts)."""
+
+
+class Runner:
+    """Runs one model many times. `backend` is 'onnxruntime' or 'onnx-reference'.
+    `note` says why the fallback was used, when it was."""
+
+    CACHE_BYTES = 256 << 20
+
+    def __init__(self, model: onnx.ModelProto, data: bytes | None = None, threads: int = 1) -> None:
+        self.note = ""
+        # outputs by input digest: when this runner's model becomes the "before" model of
+        # the next check, the same drawn inputs need not run again.
+        self._cache: dict[tuple, list[np.ndarray]] = {}
+        self._cache_bytes = 0
+        self.runs = 0
+        self.output_names = [o.name for o in model.graph.output]
+        try:
+            import onnxruntime as ort
+
+            def options():
+                so = ort.SessionOptions()
+                so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+                so.intra_op_num_threads = threads
+                so.inter_op_num_threads = 1
+                so.log_severity_level = 3
+                so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+                return so
+
+            self._sess = None
+            if data is None:
+                self._sess = _light_session(ort, model, options())
+            if self._sess is None:
+                data = data if data is not None else model.SerializeToString()
+                self._sess = ort.InferenceSession(data, options(), providers=["CPUExecutionProvider"])
+            self.backend = "onnxruntime"
+            return
+        except Exception as e:  # noqa: BLE001 - ORT raises several types for unsupported models
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            self.note = f"onnxruntime cannot run this model ({first[:300]})"
+        try:
+            from onnx.reference import ReferenceEvaluator
+
+            self._ref = ReferenceEvaluator(model)
+            self._sess = None
+            self.backend = "onnx-reference"
+            log.warning("%s; using onnx's reference evaluator instead", self.note)
+        except Exception as e:  # noqa: BLE001
+            raise RunnerUnavailable(f"{self.note}; onnx's reference evaluator cannot either ({str(e)[:200]})") from e
+
+    def run(self, feeds: dict[str, np.ndarray], cache: bool = True) -> list[np.ndarray]:
+        key = _digest(feeds)
+        hit = self._cache.get(key) if cache else None
+        if hit is not None:
+            return hit
+        try:
+            self.runs += 1
+            if self._sess is not None:
+                outs = self._sess.run(None, feeds)
+            else:
+                outs = [np.asarray(o) for o in self._ref.run(None, feeds)]
+        except Exception as e:  # noqa: BLE001
+            raise InvalidInput(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__) from e
+        size = sum(getattr(o, "nbytes", 0) for o in outs)
+        if cache and self._cache_bytes + size <= self.CACHE_BYTES:
+            self._cache[key] = outs
+            self._cache_bytes += size
+        return outs
+
+
+def _digest(feeds: dict[str, np.ndarray]) -> tuple:
+    import hashlib
+
+    parts = []
+    for name in sorted(feeds):
+        a = np.ascontiguousarray(feeds[name])
+        parts.append((name, a.shape, a.dtype.str, hashlib.blake2b(a.data, digest_size=16).digest()))
+    return tuple(parts)
+
+
+_LIGHT_MIN_BYTES = 1 << 20
+
+
+def _light_session(ort, model: onnx.ModelProto, so):
+    """A session whose large weights are handed to onnxruntime as arrays instead of
+    going through one big serialize/parse round trip. None if not worth it or failing."""
+    big = [t for t in model.graph.initializer
+           if t.HasField("raw_data") and len(t.raw_data) >= 4096 and t.data_location != onnx.TensorProto.EXTERNAL]
+    if sum(len(t.raw_data) for t in big) < _LIGHT_MIN_BYTES or np.little_endian is False:
+        return None
+    try:
+        light = onnx.ModelProto()
+        for fd, value in model.ListFields():
+            if fd.name != "graph":
+                getattr(light, fd.name).CopyFrom(value) if hasattr(value, "CopyFrom") else (
+                    getattr(light, fd.name).extend(value) if hasattr(value, "extend") else setattr(light, fd.name, value))
+        for fd, value in model.graph.ListFields():
+            if fd.name == "initializer":
+                continue
+            target = getattr(light.graph, fd.name)
+            if hasattr(target, "extend"):
+                target.extend(value)
+            elif hasattr(target, "CopyFrom"):
+                target.CopyFrom(value)
+            else:
+                setattr(light.graph, fd.name, value)
+        big_names = {t.name for t in big}
+        names, values = [], []
+        for t in model.graph.initializer:
+            if t.name not in big_names:
+                light.graph.initializer.append(t)
+                continue
+            dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type))
+            if dtype.kind not in "fiub" or dtype.itemsize not in (1, 2, 4, 8) or t.data_type == onnx.TensorProto.BFLOAT16:
+                light.graph.initializer.append(t)
+                continue
+            raw = t.raw_data
+            arr = np.frombuffer(raw, dtype=dtype).reshape(tuple(t.dims))
+            stub = light.graph.initializer.add()
+            stub.name, stub.data_type = t.name, t.data_type
+            stub.dims.extend(t.dims)
+            stub.data_location = onnx.TensorProto.EXTERNAL
+            for k, v in (("location", "graphopt-in-memory"), ("offset", "0"), ("length", str(len(raw)))):
+                e = stub.external_data.add()
+                e.key, e.value = k, v
+            names.append(t.name)
+            values.append(ort.OrtValue.ortvalue_from_numpy(arr))
+        so.add_external_initializers(names, values)
+        sess = ort.InferenceSession(light.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        sess._graphopt_keep = values  # the session reads these buffers
+        return sess
+    except Exception as e:  # noqa: BLE001 - fall back to the plain path
+        log.debug("light session failed (%s); using the serialized model", e)
+        return None

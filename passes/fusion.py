@@ -1,0 +1,954 @@
+"""Fusion passes (group `fuse`): Conv-BN fold, activation fusion and the algebra around them.
+
+Every pass is a small local rewrite over each (sub)graph. A rewrite only fires when the
+intermediate tensors it removes have exactly one consumer, are not graph outputs and are
+not read by a subgraph. The last node of a matched chain hands its output tensor over to
+the fused node, so names, consumers and graph outputs are kept.
+
+Target awareness (PassContext.target): 'onnx' and 'tvm' get standard ops only, and only
+those the model's opset has (HardSwish >= 14, LayerNormalization >= 17, Gelu >= 20);
+'ort' additionally gets com.microsoft FusedConv / FusedGemm / Gelu. `upgrade-opset`
+(first in the group) converts the model with onnx's version converter, but only when
+the user allowed it (allow_opset_upgrade) and a fusion needs the newer opset.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from graphopt import Model, Option, Pass, PassContext, PassResult, register_group, register_pass
+from graphopt.ir import const_value, fresh_namer, iter_graphs, outer_names_used, subgraphs_of
+
+log = logging.getLogger(__name__)
+
+MS = "com.microsoft"
+
+
+# -- tiny pattern-matching helpers ------------------------------------------------------
+
+
+class _Scope:
+    """Facts about one graph a rewrite needs: which tensors must stay observable."""
+
+    def __init__(self, graph: gs.Graph, model: Model, ctx: PassContext):
+        self.graph = graph
+        self.model = model
+        self.ctx = ctx
+        self.protected = {t.name for t in graph.outputs}
+        for node in graph.nodes:
+            for sub in subgraphs_of(node):
+                self.protected |= outer_names_used(sub)
+        self.namer = fresh_namer(graph)
+        self.dead: set[int] = set()
+        self.shapes: dict[str, list] = {}  # inferred shapes, for passes that ask for them
+        self.types: dict[str, int] = {}  # inferred elem types (onnx TensorProto enums)
+
+    def sole_consumer(self, t: gs.Tensor) -> gs.Node | None:
+        """The one node reading `t`, if `t` is private to it (else None)."""
+        if isinstance(t, gs.Constant) or t.name in self.protected or len(t.outputs) != 1:
+            return None
+        node = t.outputs[0]
+        return None if id(node) in self.dead else node
+
+    def private(self, t: gs.Tensor) -> bool:
+        return self.sole_consumer(t) is not None
+
+    def producer(self, t: gs.Tensor, op: str | tuple | None = None) -> gs.Node | None:
+        if len(t.inputs) != 1:
+            return None
+        node = t.inputs[0]
+        if id(node) in self.dead or (op is not None and node.op not in _ops(op)) or not _std(node):
+            return None
+        return node
+
+    def const(self, name: str, value) -> gs.Constant:
+        return gs.Constant(self.namer(name), np.ascontiguousarray(value))
+
+    def kill(self, *nodes: gs.Node) -> None:
+        for n in nodes:
+            self.dead.add(id(n))
+            n.inputs.clear()
+            n.outputs.clear()
+
+    def replace_chain(self, first_nodes, last: gs.Node, op: str, inputs, attrs=None, domain=None) -> gs.Node:
+        """Replace the matched nodes with one node that takes over `last`'s output tensor."""
+        out = last.outputs[0]
+        self.kill(*first_nodes)
+        if id(last) not in self.dead:
+            self.kill(last)
+        node = gs.Node(op, name=self.namer(f"{out.name}_{op}"), attrs=attrs or {}, inputs=list(inputs), outputs=[out])
+        if domain:
+            node.domain = domain
+        self.graph.nodes.append(node)
+        return node
+
+    def finish(self) -> None:
+        if self.dead:
+            self.graph.nodes = [n for n in self.graph.nodes if id(n) not in self.dead]
+
+
+def _ops(op):
+    return (op,) if isinstance(op, str) else tuple(op)
+
+
+def _std(node: gs.Node) -> bool:
+    return node.domain in ("", "ai.onnx", None)
+
+
+def _scalar(t: gs.Tensor) -> float | None:
+    v = const_value(t)
+    if v is None or v.size != 1 or v.dtype.kind != "f":
+        return None
+    return float(v.reshape(()))
+
+
+def _other_input(node: gs.Node, t: gs.Tensor) -> gs.Tensor | None:
+    """For a binary op with `t` as one input, the other input."""
+    if len(node.inputs) != 2:
+        return None
+    a, b = node.inputs
+    if a is t and b is not t:
+        return b
+    if b is t and a is not t:
+        return a
+    return None
+
+
+def _close(v: float | None, target: float, rtol: float = 1e-4) -> bool:
+    return v is not None and abs(v - target) <= rtol * abs(target) + 1e-7
+
+
+def _walk(model: Model, ctx: PassContext, fn, shapes: dict | None = None, types: dict | None = None) -> int:
+    """Run `fn(scope, node)` over every node of every graph; count rewrites."""
+    total = 0
+    for graph in list(iter_graphs(model.graph)):
+        scope = _Scope(graph, model, ctx)
+        scope.shapes = shapes or {}
+        scope.types = types or {}
+        for node in list(graph.nodes):
+            if id(node) in scope.dead or not _std(node):
+                continue
+            if fn(scope, node):
+                total += 1
+        scope.finish()
+    return total
+
+
+def _float_dtype(t: gs.Tensor) -> bool:
+    v = const_value(t)
+    return v is not None and v.dtype in (np.float32, np.float64, np.float16)
+
+
+# -- Conv/Gemm-BN folding ---------------------------------------------------------------
+
+
+def _bn_params(scope: _Scope, bn: gs.Node):
+    if len(bn.outputs) != 1 or bn.attrs.get("training_mode", 0):
+        return None
+    vals = [const_value(t) for t in bn.inputs[1:5]]
+    if len(vals) != 4 or any(v is None for v in vals):
+        return None
+    scale, bias, mean, var = (v.astype(np.float64) for v in vals)
+    eps = float(bn.attrs.get("epsilon", 1e-5))
+    s = scale / np.sqrt(var + eps)
+    return s, bias - mean * s
+
+
+def _fold_channel_affine(scope: _Scope, prod: gs.Node, s: np.ndarray, t: np.ndarray) -> bool:
+    """Make producer (Conv / ConvTranspose / Gemm) compute y*s + t, s and t per output channel
+    (1-D of length C or broadcastable scalars). Returns False if it cannot."""
+    w = const_value(prod.inputs[1])
+    if w is None or w.dtype.kind != "f" or w.ndim < 2:
+        return False
+    b = const_value(prod.inputs[2]) if len(prod.inputs) > 2 and prod.inputs[2].name else None
+    if len(prod.inputs) > 2 and prod.inputs[2].name and b is None:
+        return False
+    w64 = w.astype(np.float64)
+    if prod.op == "Conv":
+        c = w.shape[0]
+        s = np.broadcast_to(s, (c,)) if s.size in (1, c) else None
+        if s is None:
+            return False
+        w64 = w64 * s.reshape((c,) + (1,) * (w.ndim - 1))
+    elif prod.op == "ConvTranspose":
+        g = int(prod.attrs.get("group", 1))
+        cpg = w.shape[1]
+        c = cpg * g
+        s = np.broadcast_to(s, (c,)) if s.size in (1, c) else None
+        if s is None:
+            return False
+        shaped = w64.reshape((g, w.shape[0] // g, cpg) + w.shape[2:])
+        w64 = (shaped * s.reshape((g, 1, cpg) + (1,) * (w.ndim - 2))).reshape(w.shape)
+    elif prod.op == "Gemm":
+        if w.ndim != 2:
+            return False
+        trans_b = int(prod.attrs.get("transB", 0))
+        c = w.shape[0] if trans_b else w.shape[1]
+        s = np.broadcast_to(s, (c,)) if s.size in (1, c) else None
+        if s is None:
+            return False
+        w64 = w64 * (s.reshape(c, 1) if trans_b else s.reshape(1, c))
+        if b is not None:
+            beta = float(prod.attrs.get("beta", 1.0))
+            if b.ndim > 2 or (b.ndim == 2 and b.shape[0] != 1) or b.shape[-1:] not in ((c,), (1,)) and b.ndim:
+                return False
+            b = np.broadcast_to(b.reshape(-1), (c,)).astype(np.float64) * beta
+            prod.attrs["beta"] = 1.0
+    else:
+        return False
+    t = np.broadcast_to(t, (c,))
+    b64 = (b.astype(np.float64).reshape(-1) if b is not None else np.zeros(c)) * s + t
+    if b64.shape != (c,):
+        return False
+    prod.inputs[1] = scope.const(prod.inputs[1].name + "_fused", w64.astype(w.dtype))
+    newb = scope.const((prod.inputs[1].name) + "_bias", b64.astype(w.dtype))
+    if len(prod.inputs) > 2:
+        prod.inputs[2] = newb
+    else:
+        prod.inputs.append(newb)
+    return True
+
+
+def _fold_bn(scope: _Scope, bn: gs.Node) -> bool:
+    if bn.op != "BatchNormalization":
+        return False
+    x = bn.inputs[0]
+    prod = scope.producer(x, ("Conv", "ConvTranspose", "Gemm", "MatMul"))
+    if prod is None or not scope.private(x) or len(prod.outputs) != 1:
+        return False
+    params = _bn_params(scope, bn)
+    if params is None:
+        return False
+    s, t = params
+    if prod.op == "MatMul":
+        # BatchNorm1d after a bias-free Linear on 2-D input: becomes a Gemm.
+        w = const_value(prod.inputs[1])
+        a = prod.inputs[0]
+        if w is None or w.ndim != 2 or a.shape is None or len(a.shape) != 2:
+            return False
+        prod.op = "Gemm"
+        prod.attrs.clear()
+    elif prod.op in ("Conv", "ConvTranspose"):
+        if x.shape is not None and len(x.shape) < 3:
+            return False
+    if not _fold_channel_affine(scope, prod, s, t):
+        if prod.op == "Gemm" and not prod.attrs:
+            prod.op = "MatMul"
+        return False
+    out = bn.outputs[0]
+    scope.kill(bn)
+    prod.outputs[0] = out
+    return True
+
+
+@register_pass("fold-bn")
+class FoldBatchNorm(Pass):
+    """Fold inference BatchNormalization into the preceding Conv/ConvTranspose/Gemm/MatMul weights."""
+
+    contract = "float"
+
+    def run(self, model: Model, ctx: PassContext) -> PassResult:
+        n = _walk(model, ctx, _fold_bn)
+        return PassResult(n > 0, {"folded": n})
+
+
+def _channel_vector(v: np.ndarray, out_rank: int | None, axis: int) -> np.ndarray | None:
+    """If constant `v` broadcast against an output of rank `out_rank` only varies along
+    `axis` (or is a scalar), return it as a 1-D per-channel vector (or size-1)."""
+    if v.size == 1:
+        return v.reshape(1)
+    if out_rank is None or v.ndim > out_rank:
+        return None
+    shape = (1,) * (out_rank - v.ndim) + v.shape
+    if any(d != 1 for i, d in enumerate(shape) if i != axis):
+        return None
+    return v.reshape(-1)
+
+
+def _fold_affine(scope: _Scope, node: gs.Node) -> bool:
+    if node.op not in ("Mul", "Add") or len(node.inputs) != 2:
+        return False
+    for x, c in (node.inputs, node.inputs[::-1]):
+        prod = scope.producer(x, ("Conv", "ConvTranspose", "Gemm"))
+        v = const_value(c)
+        if prod is None or v is None or v.dtype.kind != "f" or not scope.private(x):
+            continue
+        w = const_value(prod.inputs[1])
+        if w is None or w.dtype != v.dtype:
+            continue
+        rank = 2 if prod.op == "Gemm" else (w.ndim if w.ndim >= 3 else None)
+        if rank is None and v.size != 1:
+            continue
+        vec = _channel_vector(v, rank, 1 if prod.op != "Gemm" else 1)
+        if vec is None or (rank is not None and v.ndim > rank):
+            continue
+        vec = vec.astype(np.float64)
+        if node.op == "Mul":
+            ok = _fold_channel_affine(scope, prod, vec, np.zeros(1))
+        else:
+            ok = _fold_channel_affine(scope, prod, np.ones(1), vec)
+        if ok:
+            out = node.outputs[0]
+            scope.kill(node)
+            prod.outputs[0] = out
+            return True
+    return False
+
+
+@register_pass("fold-affine")
+class FoldAffine(Pass):
+    """Fold Mul/Add by per-output-channel or scalar constants into Conv/Gemm weights and bias."""
+
+    contract = "float"
+
+    def run(self, model: Model, ctx: PassContext) -> PassResult:
+        n = _walk(model, ctx, _fold_affine)
+        return PassResult(n > 0, {"folded": n})
+
+
+def _fuse_gemm(scope: _Scope, mm: gs.Node) -> bool:
+    if mm.op != "MatMul":
+        return False
+    a, bt = mm.inputs
+    y = mm.outputs[0]
+    w = const_value(bt)
+    if w is None or w.ndim != 2 or w.dtype.kind != "f" or a.shape is None or len(a.shape) != 2:
+        return False
+    add = scope.sole_consumer(y)
+    if add is None or add.op != "Add" or not _std(add):
+        return False
+    c = _other_input(add, y)
+    cv = const_value(c) if c is not None else None
+    if cv is None or cv.dtype != w.dtype:
+        return False
+    n = w.shape[1]
+    if not (cv.shape == (n,) or cv.shape == (1, n)):
+        return False
+    scope.replace_chain([mm], add, "Gemm", [a, bt, scope.const(c.name + "_gemm", cv.reshape(n))])
+    return True
+
+
+@register_pass("fuse-gemm")
+class FuseGemm(Pass):
+    """MatMul(2-D A, constant 2-D B) + Add(1-D bias) -> Gemm."""
+
+    contract = "float"
+
+    def run(self, model: Model, ctx: PassContext) -> PassResult:
+        n = _walk(model, ctx, _fuse_gemm)
+        return PassResult(n > 0, {"fused": n})
+
+
+# -- activation fusion --------------------------------------------------------------------
+
+
+def _fuse_hardswish(scope: _Scope, mul: gs.Node) -> bool:
+    if mul.op != "Mul" or (scope.model.opset() or 0) < 14 or len(mul.inputs) != 2:
+        return False
+    for x, h in (mul.inputs, mul.inputs[::-1]):
+        hs = scope.producer(h, "HardSigmoid")
+        if hs is None or hs.inputs[0] is not x or not scope.private(h):
+            continue
+        if not (_close(hs.attrs.get("alpha", 0.2), 1 / 6) and _close(hs.attrs.get("beta", 0.5), 0.5)):
+            continue
+        scope.replace_chain([hs], mul, "HardSwish", [x])
+        return True
+    return False
+
+
+@register_pass("fuse-hardswish")
+class FuseHardSwish(Pass):
+    """x * HardSigmoid(x; 1/6, 0.5) -> HardSwish (opset >= 14)."""
+
+    contract = "float"
+
+    def run(self, model: Model, ctx: PassContext) -> PassResult:
+        n = _walk(model, ctx, _fuse_hardswish)
+        return PassResult(n > 0, {"fused": n})
+
+
+def _gelu_target(scope: _Scope) -> tuple[str, str | None] | None:
+    if scope.ctx.target == "ort":
+        return ("Gelu", None) if (scope.model.opset() or 0) >= 20 else ("Gelu", MS)
+    if (scope.model.opset() or 0) >= 20:
+        return ("Gelu", None)
+    return None
+
+
+def _fuse_gelu(scope: _Scope, erf: gs.Node) -> bool:
+    """0.5 * x * (1 + erf(x / sqrt2)) in its exporter spellings."""
+    if erf.op != "Erf":
+        return False
+    kind = _gelu_target(scope)
+    if kind is None:
+        return False
+    pre = scope.producer(erf.inputs[0], ("Div", "Mul"))
+    if pre is None or not scope.private(erf.inputs[0]):
+        return False
+    x = None
+    for cand, c in (pre.inputs, pre.inputs[::-1]):
+        v = _scalar(c)
+        if pre.op == "Div" and cand is pre.inputs[0] and _close(v, math.sqrt(2)):
+            x = cand
+        elif pre.op == "Mul" and _close(v, 1 / math.sqrt(2)):
+            x = cand
+        if x is not None:
+            break
+    if x is None:
+        return False
+    add = scope.sole_consumer(erf.outputs[0])
+    if add is None or add.op != "Add" or not _close(_scalar(_other_input(add, erf.outputs[0]) or erf.outputs[0]), 1.0):
+        return False
+    s = add.outputs[0]
+    m1 = scope.sole_consumer(s)
+    if m1 is None or m1.op != "Mul":
+        return False
+    other = _other_input(m1, s)
+    if other is None:
+        return False
+    nodes = [pre, erf, add]
+    last = None
+    if other is x:  # (x * s) * 0.5
+        m2 = scope.sole_consumer(m1.outputs[0])
+        if m2 is not None and m2.op == "Mul" and _close(_scalar(_other_input(m2, m1.outputs[0]) or s), 0.5):
+            nodes.append(m1)
+            last = m2
+    elif _close(_scalar(other), 0.5):  # (s * 0.5) * x
+        m2 = scope.sole_consumer(m1.outputs[0])
+        if m2 is not None and m2.op == "Mul" and _other_input(m2, m1.outputs[0]) is x:
+            nodes.append(m1)
+            last = m2
+    else:  # (x * 0.5) * s
+        h = scope.producer(other, "Mul")
+        if h is not None and scope.private(other) and _other_input(h, x) is not None \
+                and _close(_scalar(_other_input(h, x)), 0.5):
+            nodes.append(h)
+            last = m1
+    if last is None:
+        return False
+    scope.replace_chain(nodes, last, kind[0], [x], domain=kind[1])
+    return True
+
+
+@register_pass("fuse-gelu")
+class FuseGelu(Pass):
+    """Erf-form GELU subgraph -> Gelu (opset >= 20, or com.microsoft Gelu for --target ort)."""
+
+    contract = "float"
+
+    def run(self, model: Model, ctx: PassContext) -> PassResult:
+        n = _walk(model, ctx, _fuse_gelu)
+        return PassResult(n > 0, {"fused": n})
+
+
+def _reduce_axes(scope: _Scope, node: gs.Node) -> list[int] | None:
+    if node.op != "ReduceMean" or not node.attrs.get("keepdims", 1):
+        return None
+    if "axes" in node.attrs:
+        return [int(a) for a in node.attrs["axes"]]
+    if len(node.inputs) > 1 and node.inputs[1].name:
+        v = const_value(node.inputs[1])
+        return None if v is None else [int(a) for a in v.reshape(-1)]
+    return None
+
+
+def _fuse_layernorm(scope: _Scope, rm: gs.Node) -> bool:
+    if rm.op != "ReduceMean" or (scope.model.opset() or 0) < 17:
+        return False
+    axes = _reduce_axes(scope, rm)
+    x = rm.inputs[0]
+    if not axes:
+        return False
+    rank = len(x.shape) if x.shape is not None else None
+    if any(a >= 0 for a in axes):
+        if rank is None:
+            return False
+        axes = [a - rank if a >= 0 else a for a in axes]
+    axes = sorted(axes)
+    if axes != list(range(-len(axes), 0)):
+        return False
+    mean = rm.outputs[0]
+    sub = scope.sole_consumer(mean)
+    if sub is None or sub.op != "Sub" or sub.inputs[0] is not x or sub.inputs[1] is not mean:
+        return False
+    d = sub.outputs[0]
+    if d.name in scope.protected or len(d.outputs) != 2:
+        return False
+    pw = next((n for n in d.outputs if n.op == "Pow"), None)
+    dv = next((n for n in d.outputs if n.op == "Div"), None)
+    if pw is None or dv is None or pw.inputs[0] is not d or dv.inputs[0] is not d or not _close(_scalar(pw.inputs[1]), 2.0):
+        return False
+    rm2 = scope.sole_consumer(pw.outputs[0])
+    if rm2 is None or _reduce_axes(scope, rm2) is None:
+        return False
+    axes2 = sorted(a - rank if a >= 0 and rank else a for a in _reduce_axes(scope, rm2))
+    if axes2 != axes:
+        return False
+    add = scope.sole_consumer(rm2.outputs[0])
+    if add is None or add.op != "Add":
+        return False
+    eps = _scalar(_other_input(add, rm2.outputs[0]) or rm2.outputs[0])
+    if eps is None or eps < 0:
+        return False
+    sq = scope.sole_consumer(add.outputs[0])
+    if sq is None or sq.op != "Sqrt" or scope.sole_consumer(sq.outputs[0]) is not dv or dv.inputs[1] is not sq.outputs[0]:
+        return False
+    y = dv.outputs[0]
+    nodes = [rm, sub, pw, rm2, add, sq]
+    last = dv
+    nshape = None
+    xv_dtype = None
+    gamma = beta = None
+    mul = scope.sole_consumer(y)
+    if mul is not None and mul.op == "Mul" and _other_input(mul, y) is not None:
+        g = const_value(_other_input(mul, y))
+        if g is not None and g.ndim <= len(axes) + 8 and g.dtype.kind == "f":
+            gamma = g
+            nodes.append(dv)
+            last = mul
+            y = mul.outputs[0]
+            addb = scope.sole_consumer(y)
+            if addb is not None and addb.op == "Add" and _other_input(addb, y) is not None:
+                bv = const_value(_other_input(addb, y))
+                if bv is not None and bv.dtype == g.dtype:
+                    beta = bv
+                    nodes.append(mul)
+                    last = addb
+    # gamma/beta must only vary over the normalized axes: strip leading 1s.
+    def norm(v):
+        while v.ndim > len(axes) and v.shape[0] == 1:
+            v = v[0]
+        return v if v.ndim <= len(axes) else None
+    if gamma is None:
+        if x.shape is None or any(not isinstance(s, int) for s in x.shape[-len(axes):]):
+            return False
+        xv_dtype = x.dtype if x.dtype is not None else np.float32
+        gamma = np.ones(x.shape[-len(axes):], dtype=xv_dtype)
+    gamma = norm(gamma)
+    if gamma is None:
+        return False
+    if beta is not None:
+        beta = norm(beta)
+        if beta is None:
+            return False
+    if x.shape is not None and all(isinstance(s, int) for s in x.shape[-len(axes):]):
+        nshape = tuple(x.shape[-len(axes):])
+    else:
+        if gamma.ndim != len(axes) or (beta is not None and beta.shape != gamma.shape):
+            return False
+        nshape = gamma.shape
+    try:
+        gamma = np.ascontiguousarray(np.broadcast_to(gamma, nshape))
+        beta = np.ascontiguousarray(np.broadcast_to(beta, nshape)) if beta is not None else np.zeros(nshape, gamma.dtype)
+    except ValueError:
+        return False
+    inputs = [x, scope.const("ln_gamma", gamma), scope.const("ln_beta", beta.astype(gamma.dtype))]
+    scope.replace_chain(nodes, last, "LayerNormalization", inputs,
+                        attrs={"axis": -len(axes), "epsilon": float(eps)})
+    return True
+
+
+@register_pass("fuse-layernorm")
+class FuseLayerNorm(Pass):
+    """Mean/variance LayerNorm subgraph -> LayerNormalization (opset >= 17)."""
+
+    contract = "float"
+
+    def run(self, model: Model, ctx: PassContext) -> PassResult:
+        n = _walk(model, ctx, _fuse_layernorm)
+        return PassResult(n > 0, {"fused": n})
+
+
+# -- Relu / Clip merging ----------------------------------------------------------------
+
+
+def _clip_bounds(node: gs.Node) -> tuple[float, float] | None:
+    """(lo, hi) of a Relu or Clip node with constant bounds."""
+    if node.op == "Relu":
+        return 0.0, math.inf
+    if node.op != "Clip":
+        return None
+    if "min" in node.attrs or "max" in node.attrs or len(node.inputs) == 1:
+        return float(node.attrs.get("min", -math.inf)), float(node.attrs.get("max", math.inf))
+    lo, hi = -math.inf, math.inf
+    if len(node.inputs) > 1 and node.inputs[1].name:
+        lo = _scalar(node.inputs[1])
+        if lo is None:
+            return None
+    if len(node.inputs) > 2 and node.inputs[2].name:
+        hi = _scalar(node.inputs[2])
+        if hi is None:
+            return None
+    return lo, hi
+
+
+def _fuse_clip(scope: _Scope, node: gs.Node) -> bool:
+    b2 = _clip_bounds(node)
+    if b2 is None:
+        return False
+    x = node.inputs[0]
+    prev = scope.producer(x, ("Relu", "Clip"))
+    if prev is None or not scope.private(x):
+        return False
+    b1 = _clip_bounds(prev)
+    if b1 is None or (x.dtype is not None and np.dtype(x.dtype).kind != "f"):
+        return False
+    lo, hi = max(b1[0], b2[0]), min(b1[1], b2[1])
+    if lo > hi:
+        return False
+    src = prev.inputs[0]
+    if (lo, hi) == (0.0, math.inf):
+        scope.replace_chain([prev], node, "Relu", [src])
+        return True
+    opset = scope.model.opset() or 0
+    dtype = np.dtype(x.dtype) if x.dtype is not None else np.float32
+    if opset < 11:
+        attrs = {}
+        if lo != -math.inf:
+            attrs["min"] = lo
+        if hi != math.inf:
+            attrs["max"] = hi
+        scope.replace_chain([prev], node, "Clip", [src], attrs=attrs)
+        return True
+    inputs = [src, scope.const("clip_min", np.array(lo, dtype)) if lo != -math.inf else gs.Variable.empty()]
+    if hi != math.inf:
+        inputs.append(scope.const("clip_max", np.array(hi, dtype)))
+    scope.replace_chain([prev], node, "Clip", inputs)
+    return True
+
+
+@register_pass("fuse-clip")
+class FuseClip(Pass):
+    """Merge Relu/Clip chains into one Relu or Clip (e.g. Relu -> Clip(0,6) = Clip(0,6))."""
+
+    contract = "exact"
+
+    def run(self, model: Model, ctx: PassContext) -> PassResult:
+        n = _walk(model, ctx, _fuse_clip)
+        return PassResult(n > 0, {"merged": n})
+
+
+# -- onnxruntime contrib fusion ------------------------------------------------------------
+
+
+def _ort_activation(node: gs.Node) -> tuple[str, list[float]] | None:
+    if node.op in ("Relu", "Sigmoid", "Tanh"):
+        return node.op, []
+    if node.op == "LeakyRelu":
+        return "LeakyRelu", [float(node.attrs.get("alpha", 0.01))]
+    if node.op == "HardSigmoid":
+        return "HardSigmoid", [float(node.attrs.get("alpha", 0.2)), float(node.attrs.get("beta", 0.5))]
+    if node.op == "Clip":
+        b = _clip_bounds(node)
+        if b is None:
+            return None
+        lo, hi = b
+        fmax = float(np.finfo(np.float32).max)
+        return "Clip", [max(lo, -fmax), min(hi, fmax)]
+    return None
+
+
+def _same_shape(scope: _Scope, add: gs.Node, y: gs.Tensor) -> bool:
+    """The residual must have exactly the Conv output's shape (Z is not broadcast)."""
+    z = _other_input(add, y)
+    if z is None:
+        return False
+    shapes = scope.shapes
+    zs, ys = shapes.get(z.name, z.shape), shapes.get(y.name, y.shape)
+    if zs is None or ys is None or len(zs) != len(ys):
+        return False
+    return all(isinstance(a, (int, str)) and a == b and a not in (0, "", None) for a, b in zip(zs, ys))
+
+
+def _inferred_shapes(model: Model) -> tuple[dict[str, list], dict[str, int]]:
+    import onnx
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model.to_onnx())
+    except Exception:  # shape inference is best effort here
+        return {}, {}
+    out, types = {}, {}
+    for vi in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
+        tt = vi.type.tensor_type
+        if tt.elem_type:
+            types[vi.name] = tt.elem_type
+        if tt.HasField("shape"):
+            out[vi.name] = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim]
+    return out, types
+
+
+def _fuse_ort_activation(scope: _Scope, node: gs.Node) -> bool:
+    if node.op not in ("Conv", "Gemm") or len(node.outputs) != 1:
+        return False
+    y = node.outputs[0]
+    act = scope.sole_consumer(y)
+    if act is None or not _std(act):
+        return False
+    z = None
+    pre_act = []
+    if node.op == "Conv" and act.op == "Add" and len(node.inputs) == 3 and _same_shape(scope, act, y):
+        # Conv + Add(residual) + activation -> FusedConv with the Z (sum) input.
+        z = _other_input(act, y)
+        nxt = scope.sole_consumer(act.outputs[0])
+        if z is None or nxt is None or not _std(nxt) or nxt.inputs[0] is not act.outputs[0]:
+            return False
+        pre_act, act = [act], nxt
+    elif act.inputs[0] is not y:
+        return False
+    spec = _ort_activation(act)
+    if spec is None:
+        return False
+    dt = const_value(node.inputs[1]) if len(node.inputs) > 1 else None
+    if y.dtype is not None and np.dtype(y.dtype) != np.float32:
+        return False
+    if dt is not None and dt.dtype != np.float32:
+        return False  # the contrib kernels are float32 only
+    if dt is None and scope.types.get(node.inputs[1].name) != 1:  # TensorProto.FLOAT
+        return False
+    name, params = spec
+    attrs = dict(node.attrs)
+    attrs["activation"] = name
+    if node.op == "Conv":
+        if params:
+            attrs["activation_params"] = [float(p) for p in params]
+        inputs = list(node.inputs) + ([z] if z is not None else [])
+        scope.replace_chain([node, *pre_act], act, "FusedConv", inputs, attrs=attrs, domain=MS)
+    else:
+        if name == "Clip":
+            return False  # FusedGemm has no Clip bounds attributes we trust across versions
+        if params:
+            attrs["activation_alpha"] = params[0]
+        if len(params) > 1:
+            attrs["activation_beta"] = params[1]
+        scope.replace_chain([node], act, "FusedGemm", list(node.inputs), attrs=attrs, domain=MS)
+    return True
+
+
+@register_pass("fuse-ort-activation")
+class FuseOrtActivation(Pass):
+    """--target ort: Conv/Gemm + Relu/Clip/LeakyRelu/Sigmoid/Tanh/HardSigmoid -> com.microsoft FusedConv/FusedGemm."""
+
+    contract = "float"
+
+    def run(self, model: Model, ctx: PassContext) -> PassResult:
+        if ctx.target != "ort":
+            return PassResult(False, {"fused": 0})
+        n = _walk(model, ctx, _fuse_ort_activation, *_inferred_shapes(model))
+        return PassResult(n > 0, {"fused": n})
+
+
+# -- layout / shape cleanups ------------------------------------------------------------------
+
+
+def _rewire_identity(scope: _Scope, first: gs.Node, last: gs.Node, src: gs.Tensor) -> None:
+    """Drop `first`..`last` (a private chain computing the identity of `src`)."""
+    out = last.outputs[0]
+    if out.name in scope.protected:
+        scope.replace_chain([first], last, "Identity", [src])
+        return
+    for c in list(out.outputs):
+        for i, t in enumerate(c.inputs):
+            if t is out:
+                c.inputs[i] = src
+    scope.kill(first, last)
+
+
+def _merge_transpose(scope: _Scope, node: gs.Node) -> bool:
+    if node.op != "Transpose" or "perm" not in node.attrs:
+        return False
+    x = node.inputs[0]
+    prev = scope.producer(x, "Transpose")
+    if prev is None or "perm" not in prev.attrs or not scope.private(x):
+        return False
+    p1, p2 = list(prev.attrs["perm"]), list(node.attrs["perm"])
+    if len(p1) != len(p2):
+        return False
+    perm = [p1[i] for i in p2]
+    src = prev.inputs[0]
+    if perm == list(range(len(perm))):
+        _rewire_identity(scope, prev, node, src)
+    else:
+        scope.replace_chain([prev], node, "Transpose", [src], attrs={"perm": perm})
+    return True
+
+
+@register_pass("merge-transpose")
+class MergeTranspose(Pass):
+    """Compose consecutive Transposes; drop the pair if they cancel."""
+
+    contract = "exact"
+
+    def run(self, model: Model, ctx: PassContext) -> PassResult:
+        n = _walk(model, ctx, _merge_transpose)
+        return PassResult(n > 0, {"merged": n})
+
+
+def _axes_of(node: gs.Node) -> list[int] | None:
+    if "axes" in node.attrs:
+        return list(node.attrs["axes"])
+    if len(node.inputs) > 1 and node.inputs[1].name:
+        v = const_value(node.inputs[1])
+        return None if v is None else [int(a) for a in v.reshape(-1)]
+    return None
+
+
+def _merge_reshape(scope: _Scope, node: gs.Node) -> bool:
+    if node.op == "Reshape":
+        x = node.inputs[0]
+        prev = scope.producer(x, "Reshape")
+        if prev is None or not scope.private(x):
+            return False
+        shape = const_value(node.inputs[1])
+        if shape is None:
+            return False
+        if not node.attrs.get("allowzero", 0) and np.any(shape == 0):
+            return False  # 0 copies a dim of the intermediate shape
+        scope.replace_chain([prev], node, "Reshape", [prev.inputs[0], node.inputs[1]], attrs=dict(node.attrs))
+        return True
+    if node.op in ("Squeeze", "Unsqueeze"):
+        other = "Unsqueeze" if node.op == "Squeeze" else "Squeeze"
+        x = node.inputs[0]
+        prev = scope.producer(x, other)
+        if prev is None or not scope.private(x):
+            return False
+        a1, a2 = _axes_of(prev), _axes_of(node)
+        if not a1 or not a2 or any(a < 0 for a in a1 + a2) or sorted(a1) != sorted(a2):
+            return False
+        _rewire_identity(scope, prev, node, prev.inputs[0])
+        return True
+    return False
+
+
+@register_pass("merge-reshape")
+class MergeReshape(Pass):
+    """Reshape of Reshape -> one Reshape; Squeeze/Unsqueeze pairs on the same axes cancel."""
+
+    contract = "exact"
+
+    def run(self, model: Model, ctx: PassContext) -> PassResult:
+        n = _walk(model, ctx, _merge_reshape)
+        return PassResult(n > 0, {"merged": n})
+
+
+def _pad_spec(pad: gs.Node, opset: int) -> list[int] | None:
+    if pad.attrs.get("mode", "constant") not in ("constant", b"constant"):
+        return None
+    if opset < 11:
+        pads = pad.attrs.get("pads")
+        value = float(pad.attrs.get("value", 0.0))
+    else:
+        if len(pad.inputs) > 3 and pad.inputs[3].name:
+            return None  # axes input: keep it simple
+        pv = const_value(pad.inputs[1]) if len(pad.inputs) > 1 else None
+        if pv is None:
+            return None
+        pads = [int(p) for p in pv.reshape(-1)]
+        value = 0.0
+        if len(pad.inputs) > 2 and pad.inputs[2].name:
+            v = const_value(pad.inputs[2])
+            if v is None or v.size != 1:
+                return None
+            value = float(v.reshape(()))
+    if value != 0.0 or pads is None or any(p < 0 for p in pads):
+        return None
+    return list(pads)
+
+
+def _fold_pad(scope: _Scope, node: gs.Node) -> bool:
+    if node.op not in ("Conv", "AveragePool") or node.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET"):
+        return False
+    x = node.inputs[0]
+    pad = scope.producer(x, "Pad")
+    if pad is None or not scope.private(x):
+        return False
+    pads = _pad_spec(pad, scope.model.opset() or 0)
+    if pads is None:
+        return False
+    r = len(pads) // 2
+    if r < 3 or any(pads[i] or pads[r + i] for i in range(2)):
+        return False  # batch/channel padding cannot go into the op
+    k = r - 2
+    old = list(node.attrs.get("pads", [0] * (2 * k)))
+    if len(old) != 2 * k:
+        return False
+    if node.op == "AveragePool":
+        if node.attrs.get("ceil_mode", 0):
+            return False
+        if any(old) and not node.attrs.get("count_include_pad", 0):
+            return False
+        kernel = list(node.attrs.get("kernel_shape", []))
+        if len(kernel) != k:
+            return False
+        total = [old[i] + pads[2 + i] for i in range(k)] + [old[k + i] + pads[r + 2 + i] for i in range(k)]
+        if any(total[i] >= kernel[i % k] for i in range(2 * k)):
+            return False  # pools need pads smaller than the kernel
+    new = [old[i] + pads[2 + i] for i in range(k)] + [old[k + i] + pads[r + 2 + i] for i in range(k)]
+    node.attrs["pads"] = new
+    if node.op == "AveragePool":
+        node.attrs["count_include_pad"] = 1
+    node.inputs[0] = pad.inputs[0]
+    scope.kill(pad)
+    return True
+
+
+@register_pass("fold-pad")
+class FoldPad(Pass):
+    """Zero constant Pad on spatial axes -> Conv / AveragePool(count_include_pad=1) pads."""
+
+    contract = "float"  # same sums, but a padded kernel may accumulate in another order
+
+    def run(self, model: Model, ctx: PassContext) -> PassResult:
+        n = _walk(model, ctx, _fold_pad)
+        return PassResult(n > 0, {"folded": n})
+
+
+# -- opset upgrade ------------------------------------------------------------------------
+
+
+def _wanted_opset(model: Model, ctx: PassContext) -> int:
+    ops = {n.op for n in model.graph.nodes}
+    want = 0
+    if "HardSigmoid" in ops:
+        want = max(want, 14)
+    if "ReduceMean" in ops and "Sqrt" in ops:
+        want = max(want, 17)
+    if "Erf" in ops and ctx.target != "ort":
+        want = max(want, 20)
+    return want
+
+
+@register_pass("upgrade-opset")
+class UpgradeOpset(Pass):
+    """Convert to a newer opset when allowed (--allow-opset-upgrade) and a fusion needs it."""
+
+    contract = "float"
+    options = {"version": Option(int, 0, "target opset (0: the lowest that the fusions found need)")}
+
+    def run(self, model: Model, ctx: PassContext) -> PassResult:
+        if not ctx.allow_opset_upgrade:
+            return PassResult(False, {})
+        cur = model.opset() or 0
+        want = self.version or _wanted_opset(model, ctx)
+        if want <= cur:
+            return PassResult(False, {})
+        import onnx
+        from onnx import version_converter
+        try:
+            converted = version_converter.convert_version(model.to_onnx(), want)
+            onnx.checker.check_model(converted)
+        except Exception as e:  # the converter fails on assorted models
+            log.warning("opset upgrade %d -> %d failed, keeping opset %d: %s", cur, want, cur, str(e).splitlines()[0] if str(e) else e)
+            return PassResult(False, {"failed": 1})
+        model.replace_with(Model.from_onnx(converted))
+        return PassResult(True, {"from": cur, "to": want})
+
+
+register_group(
+    "fuse",
+    ["upgrade-opset", "fold-pad", "fold-bn", "fold-affine", "fuse-gemm", "fuse-clip", "fuse-hardswish",
+     "fuse-gelu", "fuse-layernorm", "merge-transpose", "merge-reshape", "fuse-ort-activation"],
+    "fold BatchNorm into Conv/Gemm, fuse activations", fixed_point=True,
+)

@@ -1,0 +1,693 @@
+"""INT8 quantization (pass `quant`): static QDQ and dynamic, cost- and accuracy-aware.
+
+Static (QDQ): activations get QuantizeLinear/DequantizeLinear pairs with ranges from
+calibration on real samples (PassContext.samples; generated inputs with a loud warning
+otherwise); weights are int8 symmetric, per output channel when the opset allows it
+(>= 13: the pass upgrades the opset with the onnx version converter when that succeeds
+and verifies, else falls back to per-tensor); biases become int32 with scale
+s_x * s_w so onnxruntime fuses DQ->Conv->Q into QLinearConv. A Relu/Clip after a
+quantized op is folded into the op's output range (Q saturates exactly like the
+activation when the zero point sits at the clip bound).
+
+Dynamic: MatMul/Gemm with constant weights become
+DynamicQuantizeLinear -> MatMulInteger -> Cast -> Mul(scale), the pattern onnxruntime
+fuses into DynamicQuantizeMatMul.
+
+mode=auto picks dynamic when the model's constant-weight MatMul/Gemm outnumber its
+Conv (transformers), or when there are no samples and no Conv; otherwise static.
+
+Defaults, explained: uint8 asymmetric activations (the zero point can sit at 0 after a
+Relu: no range wasted; x86 u8s8 kernels with VNNI), int8 symmetric per-channel weights
+(zero point 0 keeps kernels fast), min-max calibration (no clipping; with a few dozen
+samples percentile/entropy estimates are noisy).
+
+Every candidate model is checked with onnx.checker and loaded in onnxruntime before it
+is accepted. Then (option measure) it is timed against the FP32 model and quantization
+is removed from regions that do not pay (first the element-wise/pooling/concat ops,
+then everything: the output is never slower than the input), and (option accuracy,
+with samples) the most sensitive nodes are kept in float until the budget holds.
+What was left in float and why is reported in the stats.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from graphopt import GraphoptError, Model, Option, Pass, PassContext, PassResult, register_pass
+from graphopt.ir import fresh_namer, outer_names_used, subgraphs_of
+
+from . import _calibrate
+
+log = logging.getLogger(__name__)
+
+WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Gather")
+ACT_OPS = ("Add", "Mul", "Concat", "MaxPool", "AveragePool", "GlobalAveragePool", "Resize")
+DEFAULT_OPS = WEIGHT_OPS + ACT_OPS
+CHEAP_OPS = ACT_OPS  # removed first when quantization does not pay
+
+_NP = {"uint8": np.uint8, "int8": np.int8}
+
+
+def _pass_budget(default: float) -> dict:
+    return {"rel_l2": default}
+
+
+@register_pass("quant")
+class Quantize(Pass):
+    """INT8 quantization: static QDQ (calibrated) or dynamic (MatMul-heavy models), never slower."""
+
+    contract = "lossy"
+    budget = {"rel_l2": 0.1}
+    options = {
+        "mode": Option(str, "auto", "static, dynamic or auto", ("auto", "static", "dynamic")),
+        "method": Option(str, "minmax", "activation calibration", ("minmax", "percentile", "entropy")),
+        "percentile": Option(float, 99.99, "percentile for method=percentile"),
+        "per_channel": Option(bool, True, "per-output-channel weight scales (needs opset >= 13)"),
+        "symmetric": Option(bool, False, "symmetric activation ranges"),
+        "activation_type": Option(str, "uint8", "activation integer type", ("uint8", "int8")),
+        "op_types": Option(list, list(DEFAULT_OPS), "op types to quantize"),
+        "exclude": Option(list, [], "node names or op types kept in float"),
+        "upgrade_opset": Option(bool, True, "upgrade opset < 13 for per-channel weights"),
+        "measure": Option(bool, True, "time the result and drop quantization that does not pay"),
+        "accuracy": Option(bool, True, "keep the most sensitive nodes in float until the budget holds"),
+        "max_rel_l2": Option(float, 0.1, "the error budget (max relative L2 of the outputs vs FP32)"),
+        "calib_samples": Option(int, 64, "at most this many samples for calibration"),
+        "max_trials": Option(int, 48, "at most this many model runs for the accuracy search"),
+    }
+
+    def __init__(self, **opts):
+        super().__init__(**opts)
+        self.budget = {"rel_l2": self.max_rel_l2}
+
+    # ------------------------------------------------------------------ driver
+    def run(self, model: Model, ctx: PassContext) -> PassResult:
+        fp32 = model.to_onnx()
+        stats: dict = {"left_float": {}}
+        samples = ctx.samples
+        generated = False
+        if not samples:
+            samples = generate_samples(fp32, ctx, 8)
+            generated = True
+        samples = [{k: np.asarray(v) for k, v in s.items()} for s in samples]
+        mode = self.mode
+        if mode == "auto":
+            mode = choose_mode(fp32, has_samples=not generated)
+        stats["mode"] = mode
+        if generated and mode == "static":
+            log.warning(
+                "quant: NO CALIBRATION SAMPLES - calibrating static INT8 on generated random inputs; "
+                "ranges may be badly wrong. Pass real samples (--samples DIR) for a usable model."
+            )
+            stats["calibration"] = "generated inputs"
+        opset = fp32.opset_import and max(
+            (o.version for o in fp32.opset_import if o.domain in ("", "ai.onnx")), default=0)
+        per_channel = self.per_channel
+        need = 13 if (per_channel or mode == "dynamic") else 10
+        if mode == "dynamic":
+            need = 11
+        if opset < need:
+            up = self._upgrade(fp32, need if mode == "dynamic" else 13, samples[:4]) if self.upgrade_opset else None
+            if up is not None:
+                stats["opset_upgraded"] = f"{opset}->{max(need, 13)}"
+                fp32 = up
+            elif mode == "dynamic":
+                stats["skipped"] = f"opset {opset} < 11 and upgrade failed"
+                return PassResult(False, stats)
+            else:
+                per_channel = False
+                stats["per_channel"] = "off: opset < 13 and upgrade did not verify"
+        cfg = dict(per_channel=per_channel, act=self.activation_type, symmetric=self.symmetric)
+        calib = samples[: self.calib_samples]
+        excluded_types = set(self.exclude)
+        op_types = [o for o in self.op_types if o not in excluded_types]
+        builder = _Builder(fp32, mode, op_types, set(self.exclude), cfg)
+        if not builder.candidates:
+            stats["quantized"] = 0
+            return PassResult(False, stats)
+        if mode == "static":
+            builder.calibrate(calib, self.method, self.percentile)
+        skip: set[str] = set()
+        q = builder.build(skip)
+        q = self._validated(q, builder, skip, stats)
+        if q is None:
+            return PassResult(False, stats)
+        evals = samples[:16]
+        ref = _run(fp32, evals)
+        # accuracy: keep the most sensitive nodes float until the budget holds
+        if self.accuracy:
+            err = _error(ref, _run(q, evals))
+            stats["rel_l2_before_selection"] = round(err, 5)
+            if err > self.max_rel_l2:
+                q, skip = self._select(builder, ref, evals, stats)
+                if q is None:
+                    stats["reverted"] = "no subset of nodes meets the budget"
+                    return PassResult(False, stats)
+        # cost: never slower than FP32 on onnxruntime
+        if self.measure:
+            q, skip = self._cost(fp32, q, builder, skip, samples[0], stats)
+            if q is None:
+                return PassResult(False, stats)
+        stats["quantized"] = len(builder.candidates) - len(skip)
+        stats["rel_l2"] = round(_error(ref, _run(q, evals)), 5)
+        for name in skip:
+            stats["left_float"].setdefault(name, "excluded")
+        model.replace_with(Model.from_onnx(keep_model_fields(q, fp32)))
+        return PassResult(True, stats)
+
+    def _upgrade(self, proto, version, samples):
+        from onnx import version_converter
+
+        try:
+            up = version_converter.convert_version(proto, max(version, 13))
+            onnx.checker.check_model(up)
+            err = _error(_run(proto, samples), _run(up, samples))
+            if err > 1e-5:
+                log.info("quant: opset upgrade changed outputs (rel %.2g); not using it", err)
+                return None
+            return up
+        except Exception as e:  # the converter fails on assorted models
+            log.info("quant: opset upgrade failed: %s", e)
+            return None
+
+    def _validated(self, q, builder, skip, stats):
+        problem = validate(q)
+        if problem and builder.cfg["per_channel"]:
+            log.warning("quant: per-channel model invalid (%s); falling back to per-tensor", problem)
+            builder.cfg["per_channel"] = False
+            stats["per_channel"] = "off: " + problem
+            q = builder.build(skip)
+            problem = validate(q)
+        if problem:
+            stats["skipped"] = "quantized model invalid: " + problem
+            log.warning("quant: %s; model left unchanged", stats["skipped"])
+            return None
+        return q
+
+    def _select(self, builder, ref, evals, stats):
+        """Keep the most sensitive nodes float: group testing by bisection (a group is
+        tested by quantizing only that group), capped at max_trials model runs."""
+        from .fp16 import _bisect_block
+
+        names = list(builder.candidates)
+        errs: dict[str, float] = {}
+
+        def err(skip):
+            try:
+                e = _error(ref, _run(builder.build(set(skip)), evals))
+            except Exception as ex:  # a candidate onnxruntime rejects counts as failing
+                log.debug("quant trial failed: %s", ex)
+                e = float("inf")
+            rest = set(names) - set(skip)
+            if len(rest) == 1:
+                errs[next(iter(rest))] = e
+            return e
+
+        skip = _bisect_block(names, err, self.max_rel_l2, self.max_trials)
+        if len(skip) == len(names):
+            return None, set()
+        q = builder.build(skip)
+        for n in skip:
+            why = f"sensitive (alone: rel_l2 {errs[n]:.3g})" if n in errs else "sensitive (group over budget)"
+            stats["left_float"][n] = why
+        stats["kept_float_for_accuracy"] = sorted(skip)
+        return q, skip
+
+    def _cost(self, fp32, q, builder, skip, feed, stats):
+        t_fp, t_q = _compare_latency(fp32, q, feed)
+        stats["latency_ratio"] = round(t_fp / t_q, 3)
+        if t_q <= t_fp:
+            return q, skip
+        cheap = {n for n, node in builder.candidates.items() if node.op in CHEAP_OPS}
+        if cheap - skip:
+            skip2 = skip | cheap
+            q2 = builder.build(skip2)
+            if not validate(q2):
+                t_fp, t_q2 = _compare_latency(fp32, q2, feed)
+                if t_q2 <= t_fp:
+                    for n in cheap - skip:
+                        stats["left_float"][n] = "cost: no speedup from INT8 here"
+                    stats["latency_ratio"] = round(t_fp / t_q2, 3)
+                    return q2, skip2
+        stats["reverted"] = f"INT8 slower than FP32 on onnxruntime ({t_q / t_fp:.2f}x time); model kept in float"
+        log.warning("quant: %s", stats["reverted"])
+        return None, skip
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def choose_mode(proto: onnx.ModelProto, has_samples: bool) -> str:
+    inits = {t.name for t in proto.graph.initializer}
+    consts = inits | {o for n in proto.graph.node if n.op_type == "Constant" for o in n.output}
+    mm = sum(1 for n in proto.graph.node if n.op_type in ("MatMul", "Gemm") and len(n.input) > 1 and n.input[1] in consts)
+    conv = sum(1 for n in proto.graph.node if n.op_type in ("Conv", "ConvTranspose"))
+    if mm > conv or (not has_samples and conv == 0):
+        return "dynamic"
+    return "static"
+
+
+def generate_samples(proto: onnx.ModelProto, ctx: PassContext, n: int) -> list[dict]:
+    rng = np.random.default_rng(ctx.seed)
+    inits = {t.name for t in proto.graph.initializer}
+    out = []
+    for _ in range(n):
+        s = {}
+        for vi in proto.graph.input:
+            if vi.name in inits:
+                continue
+            tt = vi.type.tensor_type
+            shape = ctx.input_shapes.get(vi.name) or tuple(
+                d.dim_value if d.dim_value > 0 else 1 for d in tt.shape.dim)
+            dt = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)
+            lo, hi = ctx.input_ranges.get(vi.name, (0.0, 1.0))
+            if np.issubdtype(dt, np.floating):
+                s[vi.name] = rng.uniform(lo, hi, shape).astype(dt)
+            elif dt == np.bool_:
+                s[vi.name] = np.ones(shape, dt)
+            else:
+                s[vi.name] = rng.integers(int(lo), max(int(hi), int(lo) + 1), shape).astype(dt)
+        out.append(s)
+    return out
+
+
+def _session(proto: onnx.ModelProto, optimize: bool = False, threads: int = 2):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.intra_op_num_threads = threads
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if not optimize:
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+def _run(proto: onnx.ModelProto, samples: list[dict]) -> list[list[np.ndarray]]:
+    sess = _session(proto, optimize=True)
+    return [sess.run(None, s) for s in samples]
+
+
+def rel_l2(a: np.ndarray, b: np.ndarray) -> float:
+    a = a.astype(np.float64).ravel()
+    b = b.astype(np.float64).ravel()
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(a), 1e-12))
+
+
+def _error(ref, got) -> float:
+    """Worst relative L2 error over samples and float outputs."""
+    worst = 0.0
+    for ra, rb in zip(ref, got):
+        for a, b in zip(ra, rb):
+            if np.issubdtype(np.asarray(a).dtype, np.floating):
+                worst = max(worst, rel_l2(a, b))
+    return worst
+
+
+def validate(proto: onnx.ModelProto) -> str | None:
+    """None if the model passes onnx.checker and loads in onnxruntime, else the reason."""
+    try:
+        onnx.checker.check_model(proto)
+    except Exception as e:
+        return f"onnx.checker: {str(e).splitlines()[0][:200]}"
+    try:
+        _session(proto, optimize=True, threads=1)
+    except Exception as e:
+        return f"onnxruntime: {str(e).splitlines()[0][:200]}"
+    return None
+
+
+def _compare_latency(a: onnx.ModelProto, b: onnx.ModelProto, feed: dict, rounds: int = 7) -> tuple[float, float]:
+    sa, sb = _session(a, optimize=True), _session(b, optimize=True)
+    for s in (sa, sb):
+        s.run(None, feed)
+    ta, tb = [], []
+    budget = time.perf_counter() + 3.0
+    for i in range(rounds):
+        t0 = time.perf_counter()
+        sa.run(None, feed)
+        t1 = time.perf_counter()
+        sb.run(None, feed)
+        t2 = time.perf_counter()
+        ta.append(t1 - t0)
+        tb.append(t2 - t1)
+        if time.perf_counter() > budget and i >= 2:
+            break
+    return float(np.median(ta)), float(np.median(tb))
+
+
+# ---------------------------------------------------------------------------- rewriting
+
+
+def inline_constants(g: gs.Graph) -> int:
+    """Turn Constant nodes holding a tensor into initializers (exact; exporters such as
+    Paddle's emit all weights this way). Outputs read by subgraphs or graph outputs stay."""
+    protected = {t.name for t in g.outputs}
+    for node in g.nodes:
+        for sub in subgraphs_of(node):
+            protected |= outer_names_used(sub)
+    n = 0
+    for node in list(g.nodes):
+        if node.op != "Constant" or not isinstance(node.attrs.get("value"), gs.Constant):
+            continue
+        out = node.outputs[0]
+        if out.name in protected:
+            continue
+        const = gs.Constant(out.name, node.attrs["value"].values)
+        for c in list(out.outputs):
+            for i, t in enumerate(c.inputs):
+                if t is out:
+                    c.inputs[i] = const
+        node.outputs = []
+        n += 1
+    g.cleanup(remove_unused_graph_inputs=False)
+    return n
+
+
+def keep_model_fields(out: onnx.ModelProto, like: onnx.ModelProto) -> onnx.ModelProto:
+    """Carry the model-level fields a graph export drops (metadata, producer, docs, functions)."""
+    if not out.metadata_props and like.metadata_props:
+        out.metadata_props.extend(like.metadata_props)
+    for f in ("producer_name", "producer_version", "domain", "model_version", "doc_string"):
+        if getattr(like, f) and not getattr(out, f):
+            setattr(out, f, getattr(like, f))
+    have = {(f.domain, f.name) for f in out.functions}
+    out.functions.extend(f for f in like.functions if (f.domain, f.name) not in have)
+    return out
+
+
+def export_like(g: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
+    """Export a gs graph with the IR version and opsets of `like` (IR < 4 models list
+    their initializers as graph inputs too)."""
+    out = gs.export_onnx(g, do_type_check=False)
+    out.ir_version = like.ir_version
+    del out.opset_import[:]
+    out.opset_import.extend(like.opset_import)
+    if out.ir_version < 4:
+        listed = {i.name for i in out.graph.input}
+        for t in out.graph.initializer:
+            if t.name not in listed:
+                out.graph.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    return out
+
+
+class _Builder:
+    """Plans once, then builds quantized models for any set of nodes kept in float."""
+
+    def __init__(self, proto, mode, op_types, exclude, cfg):
+        self.proto = onnx.shape_inference.infer_shapes(proto)
+        self.mode = mode
+        self.cfg = cfg
+        self.ranges: dict[str, tuple[float, float]] = {}
+        g = gs.import_onnx(self.proto)
+        inline_constants(g)
+        self.candidates: dict[str, gs.Node] = {}
+        names = fresh_namer(g, "node")
+        used_by_sub = set()
+        for node in g.nodes:
+            for sub in subgraphs_of(node):
+                used_by_sub |= outer_names_used(sub)
+        self.used_by_sub = used_by_sub
+        for node in g.nodes:
+            if not node.name:
+                node.name = names(node.op)
+            if node.name in exclude or node.op in exclude or node.op not in op_types:
+                continue
+            if node.domain not in (None, "", "ai.onnx"):
+                continue
+            if self._eligible(node):
+                self.candidates[node.name] = node
+        # proto with node names assigned, for consistent rebuilds
+        self.proto = export_like(g, proto)
+        del self.proto.graph.output[:]
+        self.proto.graph.output.extend(proto.graph.output)
+
+    def _eligible(self, node) -> bool:
+        def is_f32(t):
+            return t.dtype == np.float32
+
+        if self.mode == "dynamic":
+            if node.op == "Gather":  # embedding tables: gather int8 rows, then dequantize
+                d = node.inputs[0]
+                return isinstance(d, gs.Constant) and d.values.dtype == np.float32 and d.values.size >= 4096
+            if node.op not in ("MatMul", "Gemm") or len(node.inputs) < 2:
+                return False
+            w = node.inputs[1]
+            if not isinstance(w, gs.Constant) or w.values.ndim != 2 or w.values.dtype != np.float32:
+                return False
+            if not is_f32(node.inputs[0]) or isinstance(node.inputs[0], gs.Constant):
+                return False
+            if node.op == "Gemm":
+                a = node.attrs
+                if a.get("transA", 0) or a.get("alpha", 1.0) != 1.0:
+                    return False
+                if len(node.inputs) > 2 and not isinstance(node.inputs[2], gs.Constant):
+                    return False
+            return True
+        ins = [t for t in node.inputs if t.name]
+        if node.op == "Gather":  # dynamic mode only
+            return False
+        if node.op in ("Conv", "ConvTranspose"):
+            return is_f32(ins[0]) and isinstance(ins[1], gs.Constant)
+        if node.op == "Gemm":
+            return is_f32(ins[0]) and not node.attrs.get("transA", 0)
+        if node.op == "Resize":
+            return is_f32(ins[0])
+        return all(isinstance(t, gs.Constant) and t.values.dtype == np.float32 or
+                   (not isinstance(t, gs.Constant) and is_f32(t)) for t in ins[:1] + ins[1:]) and \
+            (node.op != "Concat" or all(not isinstance(t, gs.Constant) for t in ins))
+
+    # -- static plan ------------------------------------------------------------
+    def _act_inputs(self, node) -> list[int]:
+        if node.op in ("Conv", "ConvTranspose", "Resize", "MaxPool", "AveragePool", "GlobalAveragePool"):
+            return [0]
+        if node.op == "Gemm":
+            return [0] if isinstance(node.inputs[1], gs.Constant) else [0, 1]
+        if node.op == "MatMul":
+            return [i for i in (0, 1) if not isinstance(node.inputs[i], gs.Constant)]
+        return [i for i, t in enumerate(node.inputs) if not isinstance(t, gs.Constant)]
+
+    def _output_target(self, g, node) -> tuple[gs.Tensor, gs.Node | None]:
+        """The tensor whose range quantizes this node's output (after a foldable Relu/Clip)."""
+        out = node.outputs[0]
+        if self.cfg["symmetric"] or out in g.outputs or out.name in self.used_by_sub:
+            return out, None
+        if len(out.outputs) == 1:
+            nxt = out.outputs[0]
+            if nxt.op == "Relu" or (nxt.op == "Clip" and all(
+                    isinstance(t, gs.Constant) for t in nxt.inputs[1:] if t.name)):
+                y = nxt.outputs[0]
+                if y not in g.outputs and y.name not in self.used_by_sub:
+                    return y, nxt
+        return out, None
+
+    def plan_tensors(self) -> list[str]:
+        g = gs.import_onnx(self.proto)
+        names = set()
+        for node in g.nodes:
+            if node.name not in self.candidates:
+                continue
+            for i in self._act_inputs(node):
+                names.add(node.inputs[i].name)
+            names.add(self._output_target(g, node)[0].name)
+        return sorted(names)
+
+    def calibrate(self, samples, method, percentile):
+        names = self.plan_tensors()
+        self.ranges = _calibrate.collect(self.proto, names, samples, method, percentile)
+
+    # -- build --------------------------------------------------------------------
+    def build(self, skip: set[str]) -> onnx.ModelProto:
+        g = gs.import_onnx(self.proto)
+        namer = fresh_namer(g, "q")
+        nodes = [n for n in g.nodes if n.name in self.candidates and n.name not in skip]
+        if self.mode == "dynamic":
+            for node in nodes:
+                self._dynamic(g, node, namer)
+        else:
+            self._static(g, nodes, namer)
+        g.cleanup(remove_unused_graph_inputs=False)
+        g.toposort()
+        return export_like(g, self.proto)
+
+    def _weight(self, w: np.ndarray, axis: int | None):
+        """int8 symmetric quantization of a weight; per-channel along axis when given."""
+        if axis is None:
+            m = float(np.abs(w).max())
+            scale = np.float32(m / 127.0 if m > 0 else 1.0)
+            q = np.asarray(np.clip(np.round(w / scale), -127, 127).astype(np.int8))
+            return q, np.array(scale, np.float32), np.array(0, np.int8)
+        red = tuple(i for i in range(w.ndim) if i != axis)
+        m = np.abs(w).max(axis=red)
+        scale = np.where(m > 0, m / 127.0, 1.0).astype(np.float32)
+        shape = [1] * w.ndim
+        shape[axis] = -1
+        q = np.clip(np.round(w / scale.reshape(shape)), -127, 127).astype(np.int8)
+        return q, scale, np.zeros(scale.shape, np.int8)
+
+    def _static(self, g, nodes, namer):
+        cfg = self.cfg
+        act = cfg["act"]
+        qparams = {}
+
+        def params(name):
+            if name not in qparams:
+                lo, hi = self.ranges.get(name, (0.0, 0.0))
+                s, z = _calibrate.qparams(lo, hi, act, cfg["symmetric"])
+                qparams[name] = (np.array(s, np.float32), np.array(z, _NP[act]))
+            return qparams[name]
+
+        # tensor name -> dq output tensor; quantize each tensor once
+        dq_of: dict[str, gs.Variable] = {}
+        dq_ids: set[int] = set()
+
+        our_q: set[int] = set()
+
+        def qdq(t: gs.Tensor, range_name: str) -> gs.Variable:
+            if t.name in dq_of:
+                return dq_of[t.name]
+            if id(t) in dq_ids:
+                return t
+            s, z = params(range_name)
+            sc = gs.Constant(namer("scale"), s)
+            zp = gs.Constant(namer("zp"), z)
+            tq = gs.Variable(namer(t.name + "_q"), dtype=_NP[act], shape=t.shape)
+            tdq = gs.Variable(namer(t.name + "_dq"), dtype=np.float32, shape=t.shape)
+            qn = gs.Node("QuantizeLinear", namer("Q"), inputs=[t, sc, zp], outputs=[tq])
+            our_q.add(id(qn))
+            g.nodes.append(qn)
+            g.nodes.append(gs.Node("DequantizeLinear", namer("DQ"), inputs=[tq, sc, zp], outputs=[tdq]))
+            dq_of[t.name] = tdq
+            dq_ids.add(id(tdq))
+            return tdq
+
+        def reroute(t, new):
+            for c in list(t.outputs):
+                if id(c) in our_q:
+                    continue
+                for i, x in enumerate(c.inputs):
+                    if x is t:
+                        c.inputs[i] = new
+
+        for node in nodes:
+            # activation inputs
+            for i in self._act_inputs(node):
+                t = node.inputs[i]
+                node.inputs[i] = qdq(t, t.name)
+            # constant inputs of element-wise ops: per-tensor activation-type quantization
+            if node.op in ("Add", "Mul"):
+                for i, t in enumerate(node.inputs):
+                    if isinstance(t, gs.Constant):
+                        v = t.values.astype(np.float32)
+                        s, z = _calibrate.qparams(float(v.min()), float(v.max()), act, False)
+                        qv = np.clip(np.round(v / s) + z, *(0, 255) if act == "uint8" else (-128, 127)).astype(_NP[act])
+                        tdq = gs.Variable(namer(t.name + "_dq"), dtype=np.float32)
+                        g.nodes.append(gs.Node("DequantizeLinear", namer("DQ"), inputs=[
+                            gs.Constant(namer(t.name + "_q"), np.asarray(qv)), gs.Constant(namer("scale"), np.array(s, np.float32)),
+                            gs.Constant(namer("zp"), np.array(z, _NP[act]))], outputs=[tdq]))
+                        node.inputs[i] = tdq
+            # weights and bias
+            if node.op in ("Conv", "ConvTranspose", "Gemm", "MatMul") and isinstance(node.inputs[1], gs.Constant):
+                self._quant_weight(g, node, namer, params)
+            # output (with Relu/Clip folded)
+            target, fold = self._output_target(g, node)
+            out = node.outputs[0]
+            if fold is not None:
+                y = fold.outputs[0]
+                fold.outputs = []
+                fold.inputs = []
+                dq = qdq(out, y.name)
+                reroute(y, dq)
+                reroute(out, dq)
+            else:
+                dq = qdq(out, out.name)
+                reroute(out, dq)
+
+    def _quant_weight(self, g, node, namer, params):
+        w = node.inputs[1].values.astype(np.float32)
+        op = node.op
+        per = self.cfg["per_channel"]
+        axis = None
+        if per:
+            if op == "Conv":
+                axis = 0
+            elif op == "ConvTranspose":
+                axis = 1 if node.attrs.get("group", 1) == 1 else None
+            elif op == "Gemm":
+                axis = 0 if node.attrs.get("transB", 0) else 1
+            elif op == "MatMul":
+                axis = w.ndim - 1 if w.ndim >= 2 else None
+        q, s, z = self._weight(w, axis)
+        attrs = {"axis": axis} if axis is not None else {}
+        wdq = gs.Variable(namer(node.inputs[1].name + "_dq"), dtype=np.float32, shape=list(w.shape))
+        g.nodes.append(gs.Node("DequantizeLinear", namer("DQ"), attrs=attrs, inputs=[
+            gs.Constant(namer(node.inputs[1].name + "_q"), q), gs.Constant(namer("wscale"), s),
+            gs.Constant(namer("wzp"), z)], outputs=[wdq]))
+        node.inputs[1] = wdq
+        # bias: int32 with scale s_x * s_w
+        if op in ("Conv", "Gemm") and len(node.inputs) > 2 and isinstance(node.inputs[2], gs.Constant):
+            if op == "Gemm" and (node.attrs.get("beta", 1.0) != 1.0 or node.inputs[2].values.ndim != 1):
+                return
+            b = node.inputs[2].values.astype(np.float32)
+            x_dq = node.inputs[0]
+            xs = x_dq.inputs[0].inputs[1].values if x_dq.inputs and x_dq.inputs[0].op == "DequantizeLinear" else None
+            if xs is None:
+                return
+            bs = (np.float32(xs) * s).astype(np.float32)
+            if bs.ndim == 0 and b.ndim == 1 and b.shape[0] != 1:
+                bs_b = bs
+            else:
+                bs_b = bs
+            bs_safe = np.where(bs_b > 0, bs_b, 1.0).astype(np.float32)
+            qb = np.clip(np.round(b / bs_safe), -(2**31) + 1, 2**31 - 1).astype(np.int32)
+            battrs = {"axis": 0} if bs.ndim == 1 and bs.size > 1 else {}
+            if bs.ndim == 1 and bs.size == 1:
+                bs_safe = bs_safe.reshape(())
+            bdq = gs.Variable(namer(node.inputs[2].name + "_dq"), dtype=np.float32, shape=list(b.shape))
+            g.nodes.append(gs.Node("DequantizeLinear", namer("DQ"), attrs=battrs, inputs=[
+                gs.Constant(namer(node.inputs[2].name + "_q"), qb), gs.Constant(namer("bscale"), bs_safe),
+                gs.Constant(namer("bzp"), np.zeros(bs_safe.shape, np.int32))], outputs=[bdq]))
+            node.inputs[2] = bdq
+
+    def _dynamic(self, g, node, namer):
+        if node.op == "Gather":
+            q, s, z = self._weight(node.inputs[0].values.astype(np.float32), None)
+            out = node.outputs[0]
+            rows = gs.Variable(namer("rows_q"), dtype=np.int8)
+            node.inputs[0] = gs.Constant(namer(node.inputs[0].name + "_q"), q)
+            node.outputs = [rows]
+            g.nodes.append(gs.Node("DequantizeLinear", namer("DQ"), inputs=[
+                rows, gs.Constant(namer("scale"), s), gs.Constant(namer("zp"), z)], outputs=[out]))
+            return
+        x = node.inputs[0]
+        w = node.inputs[1].values.astype(np.float32)
+        bias = None
+        if node.op == "Gemm":
+            if node.attrs.get("transB", 0):
+                w = w.T.copy()
+            if len(node.inputs) > 2 and node.inputs[2].name:
+                bias = (node.inputs[2].values * node.attrs.get("beta", 1.0)).astype(np.float32)
+        q, s, z = self._weight(w, 1 if self.cfg["per_channel"] else None)
+        out = node.outputs[0]
+        xq = gs.Variable(namer("xq"), dtype=np.uint8)
+        xs = gs.Variable(namer("xs"), dtype=np.float32, shape=[])
+        xz = gs.Variable(namer("xzp"), dtype=np.uint8, shape=[])
+        g.nodes.append(gs.Node("DynamicQuantizeLinear", namer("DQL"), inputs=[x], outputs=[xq, xs, xz]))
+        acc = gs.Variable(namer("acc"), dtype=np.int32)
+        g.nodes.append(gs.Node("MatMulInteger", namer("MMI"), inputs=[
+            xq, gs.Constant(namer("wq"), q), xz, gs.Constant(namer("wzp"), z)], outputs=[acc]))
+        accf = gs.Variable(namer("accf"), dtype=np.float32)
+        g.nodes.append(gs.Node("Cast", namer("Cast"), attrs={"to": onnx.TensorProto.FLOAT}, inputs=[acc], outputs=[accf]))
+        sc = gs.Variable(namer("scale"), dtype=np.float32)
+        g.nodes.append(gs.Node("Mul", namer("Mul"), inputs=[xs, gs.Constant(namer("ws"), s)], outputs=[sc]))
+        node.outputs = []
+        if bias is None:
+            g.nodes.append(gs.Node("Mul", namer("Mul"), inputs=[accf, sc], outputs=[out]))
+        else:
+            y = gs.Variable(namer("y"), dtype=np.float32)
+            g.nodes.append(gs.Node("Mul", namer("Mul"), inputs=[accf, sc], outputs=[y]))
+            g.nodes.append(gs.Node("Add", namer("Add"), inputs=[y, gs.Constant(namer("bias"), bias)], outputs=[out]))

@@ -1,0 +1,38 @@
+"""Shared fixtures and helpers for the test suite."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+MODELS = REPO / "models"
+ZOO = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
+
+
+def zoo_models() -> list[Path]:
+    return sorted(ZOO.glob("*.onnx"))
+
+
+def ort_session(model: onnx.ModelProto | str | os.PathLike, optimize: bool = False) -> ort.InferenceSession:
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.intra_op_num_threads = 1
+    if not optimize:
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+    return ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
+
+
+def run_ort(model, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    return ort_session(model).run(None, feeds)
+
+
+@pytest.fixture
+def models_dir() -> Path:
+    return MODELS

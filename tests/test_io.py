@@ -1,0 +1,348 @@
+"""graphopt.io: external data, >2 GB models, unsafe locations, atomic writes, and
+preservation of everything the passes do not touch (Model round trip and `-p clean`)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import graphopt
+from graphopt import io as gio
+from graphopt.api import optimize_file
+from graphopt.errors import GraphoptError
+from graphopt.ir import Model
+
+
+def small_model(weight_elems: int = 4096) -> onnx.ModelProto:
+    w = numpy_helper.from_array(np.arange(weight_elems, dtype=np.float32).reshape(-1, 64) / 100, "W")
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 64])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", weight_elems // 64])
+    node = helper.make_node("MatMul", ["x", "Wt"], ["y"], name="mm")
+    tr = helper.make_node("Transpose", ["W"], ["Wt"], name="tr")
+    g = helper.make_graph([tr, node], "g", [x], [y], [w])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def rich_model() -> onnx.ModelProto:
+    """A model exercising every field the passes don't own."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])
+    c = helper.make_tensor_value_info("cond", TensorProto.BOOL, [])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])
+    z = helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 3])
+    one = numpy_helper.from_array(np.ones(3, np.float32), "one")
+    # If whose branches read an outer tensor ("h") that is used nowhere else.
+    then_g = helper.make_graph([helper.make_node("Add", ["h", "one"], ["t_out"])], "then", [],
+                               [helper.make_tensor_value_info("t_out", TensorProto.FLOAT, ["N", 3])])
+    else_g = helper.make_graph([helper.make_node("Sub", ["h", "one"], ["e_out"])], "else", [],
+                               [helper.make_tensor_value_info("e_out", TensorProto.FLOAT, ["N", 3])])
+    relu = helper.make_node("Relu", ["x"], ["h"], name="relu", doc_string="relu doc")
+    iff = helper.make_node("If", ["cond"], ["y"], name="if", then_branch=then_g, else_branch=else_g)
+    fn_call = helper.make_node("Twice", ["x"], ["z"], name="call", domain="my.domain")
+    fn = helper.make_function(
+        "my.domain", "Twice", ["a"], ["b"], [helper.make_node("Add", ["a", "a"], ["b"])],
+        [helper.make_opsetid("", 17)],
+    )
+    g = helper.make_graph([relu, iff, fn_call], "rich", [x, c], [y, z], [one], doc_string="graph doc")
+    m = helper.make_model(
+        g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("my.domain", 1)],
+        functions=[fn], doc_string="model doc", producer_name="test", producer_version="1.2",
+        domain="org.test", model_version=7,
+    )
+    m.ir_version = 8
+    helper.set_model_props(m, {"author": "me", "license": "MIT"})
+    ti = m.training_info.add()
+    ti.algorithm.CopyFrom(helper.make_graph([], "train", [], []))
+    return m
+
+
+# ------------------------------------------------------------------ preservation
+
+
+def assert_preserved(a: onnx.ModelProto, b: onnx.ModelProto) -> None:
+    assert b.ir_version == a.ir_version
+    assert {(o.domain, o.version) for o in b.opset_import} == {(o.domain, o.version) for o in a.opset_import}
+    assert [f.SerializeToString() for f in b.functions] == [f.SerializeToString() for f in a.functions]
+    assert {p.key: p.value for p in b.metadata_props} == {p.key: p.value for p in a.metadata_props}
+    assert (b.doc_string, b.producer_name, b.producer_version, b.domain, b.model_version) == \
+        (a.doc_string, a.producer_name, a.producer_version, a.domain, a.model_version)
+    assert b.graph.doc_string == a.graph.doc_string
+    assert [t.SerializeToString() for t in b.training_info] == [t.SerializeToString() for t in a.training_info]
+    for va, vb in ((a.graph.input, b.graph.input), (a.graph.output, b.graph.output)):
+        assert [v.SerializeToString() for v in vb] == [v.SerializeToString() for v in va]
+    docs_a = {n.name: n.doc_string for n in a.graph.node if n.doc_string}
+    docs_b = {n.name: n.doc_string for n in b.graph.node if n.doc_string}
+    assert docs_b == docs_a
+    ifs_a = [n for n in a.graph.node if n.op_type == "If"]
+    ifs_b = [n for n in b.graph.node if n.op_type == "If"]
+    assert len(ifs_a) == len(ifs_b)
+    for na, nb in zip(ifs_a, ifs_b):
+        ga = {at.name: [x.op_type for x in at.g.node] for at in na.attribute}
+        gb = {at.name: [x.op_type for x in at.g.node] for at in nb.attribute}
+        assert ga == gb
+
+
+def test_model_round_trip_preserves_everything():
+    m = rich_model()
+    out = Model.from_onnx(m).to_onnx()
+    assert_preserved(m, out)
+    # the Relu feeding only the If bodies is kept
+    assert sorted(n.op_type for n in out.graph.node) == ["If", "Relu", "Twice"]
+
+
+def test_clean_preserves_everything(tmp_path):
+    m = rich_model()
+    src = tmp_path / "rich.onnx"
+    onnx.save(m, src)
+    dst, report = optimize_file(src, tmp_path / "out.onnx", "clean")
+    out = onnx.load(dst)
+    assert_preserved(m, out)
+    assert sorted(n.op_type for n in out.graph.node) == ["If", "Relu", "Twice"]
+
+
+def loop_scan_model() -> onnx.ModelProto:
+    f = TensorProto.FLOAT
+    x = helper.make_tensor_value_info("x", f, [4, 3])
+    # Loop: 3 trips, carried value c <- c + k, where k is an outer tensor used only in the body
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+         helper.make_node("Add", ["c_in", "k"], ["c_out"])],
+        "loop_body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("c_in", f, [4, 3])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("c_out", f, [4, 3])],
+    )
+    scan_body = helper.make_graph(
+        [helper.make_node("Add", ["s_in", "row"], ["s_out"]),
+         helper.make_node("Identity", ["s_out"], ["row_out"])],
+        "scan_body",
+        [helper.make_tensor_value_info("s_in", f, [3]), helper.make_tensor_value_info("row", f, [3])],
+        [helper.make_tensor_value_info("s_out", f, [3]), helper.make_tensor_value_info("row_out", f, [3])],
+    )
+    nodes = [
+        helper.make_node("Constant", [], ["trips"], value=numpy_helper.from_array(np.array(3, np.int64))),
+        helper.make_node("Constant", [], ["true"], value=numpy_helper.from_array(np.array(True))),
+        helper.make_node("Abs", ["x"], ["k"], name="k_only_in_body"),
+        helper.make_node("Loop", ["trips", "true", "x"], ["looped"], body=body, name="loop"),
+        helper.make_node("Constant", [], ["s0"], value=numpy_helper.from_array(np.zeros(3, np.float32))),
+        helper.make_node("Scan", ["s0", "looped"], ["total", "cumsum"], body=scan_body,
+                         num_scan_inputs=1, name="scan"),
+        helper.make_node("Neg", ["x"], ["unused"], name="dead"),
+    ]
+    g = helper.make_graph(nodes, "ls", [x], [helper.make_tensor_value_info("cumsum", f, [4, 3])])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_clean_keeps_loop_and_scan_bodies(tmp_path):
+    from conftest import run_ort
+
+    m = loop_scan_model()
+    onnx.checker.check_model(m)
+    src = tmp_path / "ls.onnx"
+    onnx.save(m, src)
+    dst, report = optimize_file(src, tmp_path / "ls.opt.onnx", "clean")
+    out = onnx.load(dst)
+    assert_preserved(m, out)
+    ops = sorted(n.op_type for n in out.graph.node)
+    assert "Abs" in ops and "Loop" in ops and "Scan" in ops  # Abs feeds only the Loop body
+    assert "Neg" not in ops  # really dead
+    feeds = {"x": np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32)}
+    np.testing.assert_array_equal(run_ort(out, feeds)[0], run_ort(m, feeds)[0])
+
+
+# ------------------------------------------------------------------ external data
+
+
+def test_external_data_load_and_save(tmp_path):
+    m = small_model()
+    expected = numpy_helper.to_array(m.graph.initializer[0])
+    src = tmp_path / "m.onnx"
+    onnx.save_model(m, src, save_as_external_data=True, location="m.weights", size_threshold=0)
+    assert (tmp_path / "m.weights").exists()
+    loaded = graphopt.load(src)
+    np.testing.assert_array_equal(numpy_helper.to_array(loaded.graph.initializer[0]), expected)
+    # forced external data on save, data file next to the model
+    out = tmp_path / "o" / "out.onnx"
+    out.parent.mkdir()
+    graphopt.save(loaded, out, external_data=True)
+    assert (out.parent / "out.onnx.data").exists()
+    assert out.stat().st_size < 1000
+    again = graphopt.load(out)
+    np.testing.assert_array_equal(numpy_helper.to_array(again.graph.initializer[0]), expected)
+    # the caller's model still holds its payload
+    assert loaded.graph.initializer[0].raw_data
+    assert not list(out.parent.glob(".graphopt-*"))
+
+
+def test_large_models_go_external_automatically(tmp_path, monkeypatch):
+    m = small_model(64 * 64)  # 16 KB of weights
+    monkeypatch.setattr(gio, "EXTERNAL_DATA_THRESHOLD", 8 * 1024)
+    p = graphopt.save(m, tmp_path / "big.onnx")
+    assert (tmp_path / "big.onnx.data").exists()
+    assert graphopt.load(p).graph.initializer[0].raw_data == m.graph.initializer[0].raw_data
+    monkeypatch.setattr(gio, "EXTERNAL_DATA_THRESHOLD", 1 << 30)
+    graphopt.save(m, tmp_path / "small.onnx")
+    assert not (tmp_path / "small.onnx.data").exists()
+
+
+def test_large_model_through_cli_pipeline_goes_external(tmp_path, monkeypatch):
+    m = small_model(64 * 64)
+    src = tmp_path / "m.onnx"
+    onnx.save(m, src)
+    monkeypatch.setattr(gio, "EXTERNAL_DATA_THRESHOLD", 8 * 1024)
+    dst, _ = optimize_file(src, tmp_path / "m.out.onnx", "clean")
+    assert (tmp_path / "m.out.onnx.data").exists()
+
+
+def _with_location(tmp_path: Path, location: str) -> Path:
+    m = small_model()
+    t = m.graph.initializer[0]
+    t.ClearField("raw_data")
+    t.data_location = TensorProto.EXTERNAL
+    e = t.external_data.add()
+    e.key, e.value = "location", location
+    p = tmp_path / "evil.onnx"
+    with open(p, "wb") as f:
+        f.write(m.SerializeToString())
+    return p
+
+
+@pytest.mark.parametrize("location", ["../secret.bin", "sub/../../secret.bin", "/etc/passwd"])
+def test_unsafe_external_locations_refused(tmp_path, location):
+    d = tmp_path / "model"
+    d.mkdir()
+    (tmp_path / "secret.bin").write_bytes(b"\0" * 16384)
+    p = _with_location(d, location)
+    with pytest.raises(GraphoptError, match="refusing external data.*(absolute|escapes)"):
+        graphopt.load(p)
+
+
+def test_symlink_escaping_refused(tmp_path):
+    d = tmp_path / "model"
+    d.mkdir()
+    (tmp_path / "secret.bin").write_bytes(b"\0" * 16384)
+    os.symlink(tmp_path / "secret.bin", d / "w.bin")
+    p = _with_location(d, "w.bin")
+    with pytest.raises(GraphoptError, match="escapes"):
+        graphopt.load(p)
+
+
+def test_missing_external_file(tmp_path):
+    p = _with_location(tmp_path, "nothere.bin")
+    with pytest.raises(GraphoptError, match="not found"):
+        graphopt.load(p)
+
+
+# ------------------------------------------------------------------ atomic writes
+
+
+def test_failed_serialization_leaves_nothing(tmp_path, monkeypatch):
+    m = small_model()
+    dst = tmp_path / "out.onnx"
+
+    def boom(self):
+        raise ValueError("Message onnx.ModelProto exceeds maximum protobuf size of 2GB")
+
+    monkeypatch.setattr(onnx.ModelProto, "SerializeToString", boom)
+    with pytest.raises(GraphoptError, match="cannot serialize"):
+        graphopt.save(m, dst)
+    monkeypatch.undo()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_failed_write_keeps_previous_output(tmp_path, monkeypatch):
+    dst = tmp_path / "out.onnx"
+    dst.write_bytes(b"previous")
+
+    real_replace = os.replace
+
+    def failing_replace(a, b):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    with pytest.raises(GraphoptError, match="cannot write"):
+        graphopt.save(small_model(), dst)
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert dst.read_bytes() == b"previous"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.onnx"]
+
+
+def test_save_refuses_protected_input(tmp_path):
+    src = tmp_path / "m.onnx"
+    onnx.save(small_model(), src)
+    before = src.read_bytes()
+    with pytest.raises(GraphoptError, match="refusing to overwrite"):
+        graphopt.save(small_model(), src, protect=(src,))
+    assert src.read_bytes() == before
+
+
+def test_output_data_file_may_not_overwrite_input_data(tmp_path):
+    """Writing out.onnx with external data must not clobber an input named out.onnx.data."""
+    src = tmp_path / "in.onnx"
+    onnx.save_model(small_model(), src, save_as_external_data=True, location="out.onnx.data",
+                    size_threshold=0)
+    data_before = (tmp_path / "out.onnx.data").read_bytes()
+    with pytest.raises(GraphoptError, match="refusing to overwrite"):
+        optimize_file(src, tmp_path / "out.onnx", "clean", external_data=True)
+    assert (tmp_path / "out.onnx.data").read_bytes() == data_before
+    assert not (tmp_path / "out.onnx").exists()
+
+
+def test_in_place_overwrites(tmp_path):
+    m = small_model()
+    m.graph.node.append(helper.make_node("Relu", ["x"], ["dead"], name="dead"))
+    src = tmp_path / "m.onnx"
+    onnx.save(m, src)
+    optimize_file(src, None, "dce", in_place=True)
+    assert [n.name for n in onnx.load(src).graph.node] == ["tr", "mm"]
+    assert not list(tmp_path.glob(".graphopt-*"))
+
+
+def test_failing_pass_writes_nothing(tmp_path):
+    from graphopt import pipeline
+
+    @graphopt.register_pass("test-io-boom")
+    class Boom(graphopt.Pass):
+        """Always fails."""
+
+        def run(self, model, ctx):
+            raise GraphoptError("kaboom")
+
+    try:
+        src = tmp_path / "m.onnx"
+        onnx.save(small_model(), src)
+        with pytest.raises(GraphoptError, match="test-io-boom.*kaboom"):
+            optimize_file(src, tmp_path / "out.onnx", "clean,test-io-boom")
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+    finally:
+        pipeline._PASSES.pop("test-io-boom", None)
+
+
+def test_check_model_skips_payload_but_checks_it():
+    """api.check_model hands onnx.checker a skeleton without the big weights; the
+    weights' sizes are still checked, and so are the nodes reading them."""
+    from graphopt.api import _checker_skeleton, check_model
+
+    m = small_model(64 * 64)
+    sk = _checker_skeleton(m)
+    assert not sk.graph.initializer and [i.name for i in sk.graph.input] == ["x", "W"]
+    assert sk.ByteSize() < 1000
+    assert check_model(m, what="m", strict=True)
+    bad = onnx.ModelProto()
+    bad.CopyFrom(m)
+    bad.graph.initializer[0].raw_data = bad.graph.initializer[0].raw_data[:-4]
+    assert not check_model(bad, what="m")
+    with pytest.raises(GraphoptError, match="raw_data size"):
+        check_model(bad, what="m", strict=True)
+    wrong = onnx.ModelProto()
+    wrong.CopyFrom(m)
+    wrong.graph.node[1].op_type = "NoSuchOp"
+    with pytest.raises(GraphoptError, match="fails onnx.checker"):
+        check_model(wrong, what="m", strict=True)
+    assert m.graph.initializer[0].raw_data  # the caller's model is untouched

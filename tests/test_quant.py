@@ -1,0 +1,190 @@
+"""INT8 quantization (pass `quant`): real-data accuracy on the shipped digits CNN, plus
+unit tests of calibration, per-channel weights, opset handling, exclusion, dynamic mode."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from graphopt import PassContext
+from graphopt.ir import Model
+from graphopt.pipeline import get_pass
+from graphopt.passes import _calibrate
+from graphopt.passes.quantize import _session, rel_l2, validate
+
+from conftest import MODELS
+
+
+def _digits():
+    m = onnx.load(str(MODELS / "digits_cnn.onnx"))
+    test = np.load(MODELS / "digits_test.npz")
+    calib = np.load(MODELS / "digits_calib.npz")["input"]
+    return m, test["input"], test["label"], [{"input": calib[i:i + 8]} for i in range(0, len(calib), 8)]
+
+
+def _quant(proto, samples=None, **opts):
+    model = Model.from_onnx(proto)
+    res = get_pass("quant")(**opts).run(model, PassContext(samples=samples))
+    return model.to_onnx(), res
+
+
+def _ops(proto):
+    return [n.op_type for n in proto.graph.node]
+
+
+@pytest.mark.parametrize("method", ["minmax", "percentile"])
+def test_digits_int8_accuracy_on_real_test_set(method):
+    m, x, y, calib = _digits()
+    q, res = _quant(m, calib, method=method, measure=False)
+    assert res.changed and res.stats["mode"] == "static"
+    assert "QuantizeLinear" in _ops(q) and validate(q) is None
+    assert {p.key for p in q.metadata_props} == {p.key for p in m.metadata_props}
+    a = _session(m, True).run(None, {"input": x})[0]
+    b = _session(q, True).run(None, {"input": x})[0]
+    acc_fp32, acc_int8 = (a.argmax(1) == y).mean(), (b.argmax(1) == y).mean()
+    assert acc_fp32 > 0.95
+    assert acc_int8 >= acc_fp32 - 0.01  # at most 1 point of top-1 accuracy lost
+    assert rel_l2(a, b) < 0.05  # documented bound on the logits (budget default 0.1)
+
+
+def test_digits_per_channel_weights_and_int32_bias():
+    m, _, _, calib = _digits()
+    q, _ = _quant(m, calib, measure=False)
+    dq_axes = [a.i for n in q.graph.node if n.op_type == "DequantizeLinear" for a in n.attribute if a.name == "axis"]
+    assert dq_axes, "per-channel weights carry an axis"
+    inits = {t.name: t for t in q.graph.initializer}
+    assert any(t.data_type == TensorProto.INT32 for t in inits.values())  # quantized bias
+    q2, _ = _quant(m, calib, measure=False, per_channel=False)
+    assert not any(a.name == "axis" for n in q2.graph.node if n.op_type == "DequantizeLinear" for a in n.attribute)
+
+
+def test_accuracy_selection_keeps_sensitive_nodes_float():
+    m, x, _, calib = _digits()
+    # a budget that entropy-on-8-samples misses: the pass keeps nodes float until it holds
+    q, res = _quant(m, calib[:1], method="entropy", measure=False, max_rel_l2=0.05)
+    if res.changed:
+        a = _session(m, True).run(None, {"input": calib[0]["input"]})[0]
+        b = _session(q, True).run(None, {"input": calib[0]["input"]})[0]
+        assert rel_l2(a, b) <= 0.05
+        if res.stats["rel_l2_before_selection"] > 0.05:
+            assert res.stats["kept_float_for_accuracy"]
+    else:
+        assert "reverted" in res.stats
+
+
+def test_cost_aware_never_slower_reports_why():
+    m, _, _, calib = _digits()
+    q, res = _quant(m, calib)
+    assert "latency_ratio" in res.stats
+    if not res.changed:
+        assert "slower" in res.stats["reverted"]
+        assert _ops(q) == _ops(m)
+
+
+def test_exclude_by_name_and_type():
+    m, _, _, calib = _digits()
+    conv_names = [n.name for n in m.graph.node if n.op_type == "Conv"]
+    q, res = _quant(m, calib, measure=False, accuracy=False, exclude=[conv_names[0], "Gemm", "Add"])
+    dq_consumers = set()
+    produced_by = {o: n for n in q.graph.node for o in n.output}
+    for n in q.graph.node:
+        if any(i in produced_by and produced_by[i].op_type == "DequantizeLinear" for i in n.input):
+            dq_consumers.add(n.name)
+    assert conv_names[0] not in dq_consumers
+    assert conv_names[1] in dq_consumers
+    assert not any(n.op_type in ("Gemm", "Add") and n.name in dq_consumers for n in q.graph.node)
+
+
+def test_no_samples_warns_loudly(caplog):
+    m, _, _, _ = _digits()
+    with caplog.at_level("WARNING"):
+        q, res = _quant(m, None, mode="static", measure=False, accuracy=False)
+    assert "NO CALIBRATION SAMPLES" in caplog.text
+    assert res.stats["calibration"] == "generated inputs" and validate(q) is None
+
+
+# ---------------------------------------------------------------- calibration methods
+
+
+def test_calibration_methods_on_known_distributions():
+    rng = np.random.default_rng(0)
+    x = rng.normal(0, 1, 200_000).astype(np.float32)
+    x[:5] = 50.0  # a few outliers
+    hist, _ = np.histogram(np.abs(x), bins=_calibrate.BINS, range=(0, 50.0))
+    p = _calibrate.percentile_threshold(hist, 50.0, 99.9)
+    assert 3.0 < p < 3.6  # |N(0,1)| 99.9th percentile is 3.29
+    e = _calibrate.entropy_threshold(hist, 50.0)
+    assert 2.0 < e < 12.0  # clips the outliers, keeps the bulk
+    s, z = _calibrate.qparams(0.0, 6.0, "uint8")
+    assert z == 0 and abs(s * 255 - 6.0) < 1e-5
+    s, z = _calibrate.qparams(-1.0, 1.0, "int8", symmetric=True)
+    assert z == 0 and abs(s * 127 - 1.0) < 1e-6
+
+
+def _conv_model(opset: int):
+    rng = np.random.default_rng(0)
+    w = helper.make_tensor("w", TensorProto.FLOAT, [8, 3, 3, 3], rng.normal(0, 1, (8, 3, 3, 3)).astype(np.float32).ravel() * np.repeat(np.logspace(-2, 0, 8), 27))
+    b = helper.make_tensor("b", TensorProto.FLOAT, [8], rng.normal(0, 0.1, 8).astype(np.float32))
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"], name="relu"),
+             helper.make_node("MaxPool", ["r"], ["y"], name="pool", kernel_shape=[1, 1])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 16, 16])], [w, b])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+    m.ir_version = 7
+    return m
+
+
+def test_per_channel_beats_per_tensor_on_unequal_channels():
+    m = _conv_model(13)
+    rng = np.random.default_rng(1)
+    samples = [{"x": rng.normal(0, 1, (1, 3, 16, 16)).astype(np.float32)} for _ in range(4)]
+    ref = _session(m).run(None, samples[0])[0]
+    errs = {}
+    for pc in (True, False):
+        q, res = _quant(m, samples, measure=False, accuracy=False, per_channel=pc)
+        assert "Relu" not in _ops(q)  # folded into the Conv output range
+        out = _session(q).run(None, samples[0])[0]
+        # the weakest channel shows the difference
+        errs[pc] = rel_l2(ref[:, 0], out[:, 0])
+    assert errs[True] < errs[False]
+
+
+def test_opset12_upgraded_or_per_tensor_and_valid():
+    m = _conv_model(12)
+    rng = np.random.default_rng(1)
+    samples = [{"x": rng.normal(0, 1, (1, 3, 16, 16)).astype(np.float32)} for _ in range(2)]
+    q, res = _quant(m, samples, measure=False, accuracy=False)
+    assert validate(q) is None
+    opset = next(o.version for o in q.opset_import if o.domain in ("", "ai.onnx"))
+    has_axis = any(a.name == "axis" for n in q.graph.node if n.op_type == "DequantizeLinear" for a in n.attribute)
+    assert opset >= 13 or not has_axis
+    assert res.stats.get("opset_upgraded") or "per_channel" in res.stats
+
+
+def test_dynamic_mode_on_transformer():
+    m = onnx.load(str(MODELS / "tiny_transformer.onnx"))
+    rng = np.random.default_rng(0)
+    samples = [{"input_ids": rng.integers(0, 100, (1, 16)).astype(np.int64)} for _ in range(4)]
+    q, res = _quant(m, samples, measure=False)
+    assert res.stats["mode"] == "dynamic"  # auto: MatMul-dominated
+    assert "MatMulInteger" in _ops(q) and "DynamicQuantizeLinear" in _ops(q)
+    assert validate(q) is None
+    a = _session(m, True).run(None, samples[0])[0]
+    b = _session(q, True).run(None, samples[0])[0]
+    assert rel_l2(a, b) < 0.05
+
+
+def test_pipeline_with_verifier_and_fp16_digits():
+    """End to end through the public API with the verifier on (it enforces the budgets)."""
+    import graphopt
+
+    m, x, y, calib = _digits()
+    q, report = graphopt.optimize(m, "fold-bn,quant(measure=false),fp16", samples=calib, return_report=True)
+    recs = {r.name: r for r in report.records}
+    assert recs["quant"].changed and not recs["quant"].reverted
+    b = _session(q, True).run(None, {"input": x})[0]
+    a = _session(m, True).run(None, {"input": x})[0]
+    assert (b.argmax(1) == y).mean() >= (a.argmax(1) == y).mean() - 0.01

@@ -1,0 +1,470 @@
+"""The verifier: it catches broken passes (with small counterexamples), reverts on
+request, and raises no false alarms on real models."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto as T
+from onnx import helper as h
+from onnx import numpy_helper as nh
+
+import graphopt
+from graphopt import Model, Pass, PassResult, VerificationError, register_pass
+from graphopt import pipeline as _pipeline
+from graphopt.cli import main as cli_main
+from graphopt.ir import const_value
+from graphopt.verify import Contract, VerifyInstrument, compare
+from graphopt.verify.contracts import check_output
+from graphopt.verify.inputs import InputSpace
+
+from conftest import ZOO, run_ort
+
+RNG = np.random.default_rng(0)
+
+
+def conv_model(opset: int = 17) -> onnx.ModelProto:
+    """x[N,3,H,W] -> Conv(+bias) -> Relu -> Slice(channels 0:3) -> y."""
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    b = (rng.standard_normal(4) + 2).astype(np.float32)
+    nodes = [
+        h.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+        h.make_node("Relu", ["c"], ["r"], name="relu"),
+        h.make_node("Slice", ["r", "starts", "ends", "axes"], ["y"], name="slice"),
+    ]
+    inits = [nh.from_array(w, "w"), nh.from_array(b, "b"),
+             nh.from_array(np.array([0], np.int64), "starts"),
+             nh.from_array(np.array([3], np.int64), "ends"),
+             nh.from_array(np.array([1], np.int64), "axes")]
+    g = h.make_graph(nodes, "conv", [h.make_tensor_value_info("x", T.FLOAT, ["N", 3, "H", "W"])],
+                     [h.make_tensor_value_info("y", T.FLOAT, ["N", 3, "H", "W"])], inits)
+    return h.make_model(g, opset_imports=[h.make_opsetid("", opset)])
+
+
+def _node(model: Model, op: str):
+    return next(n for n in model.graph.nodes if n.op == op)
+
+
+def _flip_sign(model: Model) -> None:
+    w = _node(model, "Conv").inputs[1]
+    w.values = -const_value(w)
+
+
+def _drop_bias(model: Model) -> None:
+    conv = _node(model, "Conv")
+    del conv.inputs[2]
+
+
+def _swap_channels(model: Model) -> None:
+    w = _node(model, "Conv").inputs[1]
+    v = const_value(w).copy()
+    v[[0, 1]] = v[[1, 0]]
+    w.values = v
+
+
+def _slice_off_by_one(model: Model) -> None:
+    s = _node(model, "Slice")
+    s.inputs[1].values = np.array([1], np.int64)
+    s.inputs[2].values = np.array([4], np.int64)
+
+
+BAD = {"flip-sign": _flip_sign, "drop-bias": _drop_bias, "swap-channels": _swap_channels,
+       "slice-off-by-one": _slice_off_by_one}
+
+
+@pytest.fixture
+def bad_passes():
+    names = []
+    for name, fn in BAD.items():
+        cls = type(f"Bad_{name}", (Pass,), {
+            "__doc__": f"deliberately wrong: {name}", "contract": "float",
+            "run": lambda self, model, ctx, fn=fn: (fn(model), PassResult(True))[1]})
+        register_pass(f"test-bad-{name}")(cls)
+        names.append(f"test-bad-{name}")
+    yield names
+    for n in names:
+        _pipeline._PASSES.pop(n, None)
+
+
+@pytest.mark.parametrize("bad", sorted(BAD))
+def test_bad_pass_is_caught_with_small_counterexample(bad, bad_passes, tmp_path):
+    model = conv_model()
+    with pytest.raises(VerificationError) as e:
+        graphopt.optimize(model, f"test-bad-{bad}", verify_options={"repro_dir": str(tmp_path)})
+    msg = str(e.value)
+    assert f"test-bad-{bad}" in msg and "'y'" in msg
+    folder = tmp_path / f"01-test-bad-{bad}"
+    assert {"before.onnx", "after.onnx", "inputs.npz", "README.txt"} <= {p.name for p in folder.iterdir()}
+    with np.load(folder / "inputs.npz") as data:
+        x = data["x"]
+    # shrunk: batch 1 and the smallest spatial size the model accepts
+    assert x.shape == (1, 3, 1, 1), x.shape
+    assert "graphopt verify" in (folder / "README.txt").read_text()
+    # the saved reproducer really reproduces
+    assert cli_main(["verify", str(folder / "before.onnx"), str(folder / "after.onnx"),
+                     "--samples", str(folder / "inputs.npz"), "--repro-dir", str(tmp_path / "again"), "-q"]) == 1
+
+
+def test_revert_restores_the_input_of_the_bad_pass(bad_passes, tmp_path, caplog):
+    model = conv_model()
+    with caplog.at_level(logging.WARNING, logger="graphopt"):
+        out, report = graphopt.optimize(
+            model, ["test-bad-drop-bias", "test-bad-flip-sign"], return_report=True,
+            verify_options={"on_fail": "revert", "repro_dir": str(tmp_path)})
+    assert [r.reverted for r in report.records] == [True, True]
+    assert all(r.extra["verify"]["status"] == "failed" for r in report.records)
+    assert "reverted" in caplog.text
+    assert out.graph.SerializeToString() == Model.from_onnx(model).to_onnx().graph.SerializeToString()
+    x = RNG.standard_normal((2, 3, 5, 5)).astype(np.float32)
+    np.testing.assert_array_equal(run_ort(out, {"x": x})[0], run_ort(model, {"x": x})[0])
+
+
+def test_good_pass_is_verified_and_summarized():
+    _register_identity()
+    try:
+        out, report = graphopt.optimize(conv_model(), ["test-good-identity", "test-good-identity"],
+                                        return_report=True)
+        first, second = (r.extra["verify"] for r in report.records)
+        assert first["status"] == "ok" and first["summary"].startswith("ok 8/8"), first
+        assert len(out.graph.node) == 5
+        # the second check reuses the first's "after" outputs as its "before" outputs
+        assert first["model_runs"] >= 15 and second["model_runs"] == 8, (first, second)
+        # token ids, a mask, an If, two outputs, symbolic dims: no false alarm either
+        _, report = graphopt.optimize(transformerish(), "test-good-identity", return_report=True)
+        assert report.records[0].extra["verify"]["status"] == "ok", report.records[0].extra
+    finally:
+        _pipeline._PASSES.pop("test-good-identity", None)
+
+
+def _register_identity():
+    @register_pass("test-good-identity", replace=True)
+    class AddIdentity(Pass):
+        """inserts an Identity before the output (changes the graph, not the numbers)"""
+
+        contract = "exact"
+
+        def run(self, model, ctx):
+            import onnx_graphsurgeon as gs
+
+            g = model.graph
+            out = g.outputs[0]
+            mid = gs.Variable(graphopt.ir.fresh_namer(g)("y_pre"), dtype=out.dtype)
+            producer = out.inputs[0]
+            producer.outputs = [mid]
+            g.nodes.append(gs.Node("Identity", inputs=[mid], outputs=[out]))
+            return PassResult(True)
+
+
+# ------------------------------------------------------------------ no false alarms
+
+
+def transformerish() -> onnx.ModelProto:
+    """Token ids -> Gather (vocab 50), a mask, an If subgraph, two outputs, symbolic dims."""
+    emb = RNG.standard_normal((50, 8)).astype(np.float32)
+    then_g = h.make_graph([h.make_node("Mul", ["e", "two"], ["t_out"])], "then", [],
+                          [h.make_tensor_value_info("t_out", T.FLOAT, None)])
+    else_g = h.make_graph([h.make_node("Neg", ["e"], ["e_out"])], "else", [],
+                          [h.make_tensor_value_info("e_out", T.FLOAT, None)])
+    nodes = [
+        h.make_node("Gather", ["emb", "ids"], ["e"]),
+        h.make_node("ReduceSum", ["e"], ["s"], keepdims=0),
+        h.make_node("Greater", ["s", "zero"], ["cond"]),
+        h.make_node("If", ["cond"], ["branch"], then_branch=then_g, else_branch=else_g),
+        h.make_node("Cast", ["mask"], ["maskf"], to=T.FLOAT),
+        h.make_node("Unsqueeze", ["maskf", "ax"], ["mask3"]),
+        h.make_node("Mul", ["branch", "mask3"], ["hidden"]),
+        h.make_node("ReduceMax", ["hidden"], ["pooled"], axes=[1], keepdims=0),
+    ]
+    inits = [nh.from_array(emb, "emb"), nh.from_array(np.array(2, np.float32), "two"),
+             nh.from_array(np.array(0, np.float32), "zero"), nh.from_array(np.array([2], np.int64), "ax")]
+    g = h.make_graph(nodes, "tx", [h.make_tensor_value_info("ids", T.INT64, ["batch", "seq"]),
+                                   h.make_tensor_value_info("mask", T.INT64, ["batch", "seq"])],
+                     [h.make_tensor_value_info("hidden", T.FLOAT, ["batch", "seq", 8]),
+                      h.make_tensor_value_info("pooled", T.FLOAT, ["batch", 8])], inits)
+    return h.make_model(g, opset_imports=[h.make_opsetid("", 17)])
+
+
+def test_token_ids_are_bounded_by_the_gathered_dim():
+    space = InputSpace.from_model(transformerish())
+    spec = {s.name: s for s in space.specs}
+    assert spec["ids"].int_range == (0, 50)
+    m = transformerish()
+    res = compare(m, Model.from_onnx(m).to_onnx(), "exact", examples=10)
+    assert res.ok and not res.skipped and res.examples == 10, res.summary
+
+
+def test_symbolic_dims_are_shared_between_inputs():
+    m = transformerish()
+    res = compare(m, m, "exact", examples=6, seed=3)
+    assert res.ok and res.examples == 6
+
+
+def test_user_shapes_ranges_and_samples(tmp_path):
+    m = conv_model()
+    x = RNG.standard_normal((2, 3, 6, 6)).astype(np.float32)
+    bad = conv_model()
+    bad.graph.initializer[1].CopyFrom(nh.from_array(np.zeros(4, np.float32), "b"))
+    res = compare(m, bad, "float", samples=[{"x": x}], examples=4)
+    assert not res.ok and res.samples_used == 1 and res.counterexample["x"].shape == (2, 3, 6, 6)
+    res = compare(m, bad, "float", input_shapes={"x": (1, 3, 7, 9)}, input_ranges={"x": (-1, -0.5)})
+    # all-negative inputs after ReLU would hide a lot, but the bias still shows
+    assert not res.ok and res.counterexample["x"].shape == (1, 3, 7, 9)
+    assert res.counterexample["x"].max() <= -0.5
+
+
+def test_contracts_judge_correctly():
+    a = np.array([1.0, 2.0, np.nan], np.float32)
+    assert check_output("o", a, a.copy(), Contract("exact")).ok
+    assert not check_output("o", a, a + np.float32(1e-7) * np.array([0, 1, 0], np.float32) * 100,
+                            Contract("exact")).ok
+    big = np.array([1000.0, 1.0], np.float32)
+    assert check_output("o", big, big + np.array([0.05, 0.05], np.float32), Contract("float")).ok
+    assert not check_output("o", big, big + np.array([0.0, 0.5], np.float32), Contract("float")).ok
+    ints = np.array([1, 2, 3])
+    assert not check_output("o", ints, ints + np.array([0, 0, 1]), Contract("float")).ok
+    logits = RNG.standard_normal((4, 10)).astype(np.float32)
+    noisy = logits + 0.01 * RNG.standard_normal((4, 10)).astype(np.float32)
+    c = check_output("o", logits, noisy, Contract("lossy", budget={"rel_l2": 0.05}))
+    assert c.ok and 0 < c.error < 0.05
+    c = check_output("o", logits, -logits, Contract("lossy", budget={"cosine": 0.9}))
+    assert not c.ok and c.error == pytest.approx(-1.0)
+
+
+def test_lossy_pass_budget_is_enforced(tmp_path):
+    def noisy(scale):
+        m = conv_model()
+        w = nh.to_array(m.graph.initializer[0])
+        w = w + scale * np.random.default_rng(1).standard_normal(w.shape).astype(np.float32) * np.abs(w).mean()
+        m.graph.initializer[0].CopyFrom(nh.from_array(w.astype(np.float32), "w"))
+        return m
+
+    ok = compare(conv_model(), noisy(0.001), "lossy", budget={"rel_l2": 0.05})
+    assert ok.ok and ok.worst.measure == "rel_l2" and 0 < ok.worst.error < 0.05
+    bad = compare(conv_model(), noisy(0.5), "lossy", budget={"rel_l2": 0.05})
+    assert not bad.ok and bad.worst.error > 0.05
+
+
+def test_unrunnable_model_is_skipped_visibly(caplog):
+    g = h.make_graph([h.make_node("Frobnicate", ["x"], ["y"], domain="com.example")], "g",
+                     [h.make_tensor_value_info("x", T.FLOAT, [2])], [h.make_tensor_value_info("y", T.FLOAT, [2])])
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 17), h.make_opsetid("com.example", 1)])
+    with caplog.at_level(logging.WARNING, logger="graphopt"):
+        res = compare(m, m)
+    assert res.skipped and "onnxruntime cannot run" in res.reason
+    assert res.summary.startswith("skipped") and "skipped" in caplog.text
+
+
+def test_reference_evaluator_fallback():
+    from graphopt.verify.runner import Runner
+
+    # onnxruntime rejects an IR version newer than it knows; onnx's evaluator runs it
+    m = conv_model()
+    m.ir_version = 99
+    r = Runner(m)
+    assert r.backend == "onnx-reference" and "onnxruntime cannot run" in r.note
+    res = compare(m, m, "exact", examples=3)
+    assert res.ok and "onnx-reference" in res.summary
+
+
+@pytest.mark.parametrize("name", ["light_squeezenet.onnx", "light_shufflenet.onnx"])
+def test_zoo_models_roundtrip_without_false_alarms(name):
+    m = onnx.load(ZOO / name)
+    res = compare(m, Model.from_onnx(m).to_onnx(), "exact", examples=3)
+    assert res.ok and not res.skipped, res.summary
+
+
+def _rapidocr_model(name: str) -> Path:
+    spec = importlib.util.find_spec("rapidocr_onnxruntime")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("rapidocr-onnxruntime is not installed (pip install rapidocr-onnxruntime)")
+    path = Path(list(spec.submodule_search_locations)[0]) / "models" / name
+    if not path.exists():
+        pytest.skip(f"{name} not shipped by this rapidocr-onnxruntime version")
+    return path
+
+
+def test_real_pypi_model_verifies_with_its_pipeline():
+    m = onnx.load(_rapidocr_model("ch_ppocr_mobile_v2.0_cls_infer.onnx"))
+    # symbolic batch and width: probing finds sizes the model accepts
+    res = compare(m, Model.from_onnx(m).to_onnx(), "exact", examples=4)
+    assert res.ok and not res.skipped and res.examples == 4, res.summary
+    out, report = graphopt.optimize(m, "clean,fuse", return_report=True)
+    for r in report.records:
+        assert r.extra["verify"]["status"] in ("ok", "unchanged"), r.extra
+
+
+# ------------------------------------------------------------------ the CLI
+
+
+def test_cli_verify(tmp_path, capsys):
+    a, same, changed = tmp_path / "a.onnx", tmp_path / "same.onnx", tmp_path / "changed.onnx"
+    m = conv_model()
+    onnx.save(m, a)
+    onnx.save(Model.from_onnx(m).to_onnx(), same)
+    m2 = conv_model()
+    w = nh.to_array(m.graph.initializer[0]).copy()
+    w[0, 0, 0, 0] += 1.0
+    m2.graph.initializer[0].CopyFrom(nh.from_array(w, "w"))
+    m2.graph.initializer[1].CopyFrom(m.graph.initializer[1])
+    onnx.save(m2, changed)
+    assert cli_main(["verify", str(a), str(same)]) == 0
+    assert "equivalent" in capsys.readouterr().out
+    repro = tmp_path / "repro"
+    assert cli_main(["verify", str(a), str(changed), "--repro-dir", str(repro), "--seed", "1"]) == 1
+    assert "NOT equivalent" in capsys.readouterr().out
+    assert (repro / "inputs.npz").exists() and (repro / "README.txt").exists()
+    # mismatched inputs: one-line error, exit 2
+    other = tmp_path / "other.onnx"
+    t = transformerish()
+    onnx.save(t, other)
+    assert cli_main(["verify", str(a), str(other)]) == 2
+    err = capsys.readouterr().err
+    assert "different inputs" in err and len(err.strip().splitlines()) == 1
+    # lossy with a budget: the changed weight is within a loose budget
+    assert cli_main(["verify", str(a), str(changed), "--contract", "lossy", "--budget", "rel_l2=0.9",
+                     "--repro-dir", str(repro)]) == 0
+
+
+def test_instrument_reuses_snapshots():
+    inst = VerifyInstrument(examples=2)
+    m = conv_model()
+    model = Model.from_onnx(m)
+    ctx = graphopt.PassContext()
+    from graphopt.pipeline import PassManager
+
+    calls = []
+    orig = Model.to_onnx
+
+    def counting(self):
+        calls.append(1)
+        return orig(self)
+
+    Model.to_onnx = counting
+    try:
+        PassManager(["dce", "dce", "dce"], ctx, [inst]).run(model)
+    finally:
+        Model.to_onnx = orig
+    assert len(calls) == 1  # one snapshot; unchanged passes export nothing more
+
+
+def test_shrinking_finds_the_minimal_failing_size():
+    """B ignores columns past the 5th: only inputs wider than 5 show it. Hypothesis must
+    find one and shrink it to width exactly 6 and batch 1."""
+
+    def model(end: int) -> onnx.ModelProto:
+        nodes = [h.make_node("Slice", ["x", "s", "e", "a"], ["xs"]),
+                 h.make_node("ReduceSum", ["xs", "a"], ["y"], keepdims=1)]
+        inits = [nh.from_array(np.array([0], np.int64), "s"), nh.from_array(np.array([end], np.int64), "e"),
+                 nh.from_array(np.array([1], np.int64), "a")]
+        g = h.make_graph(nodes, "g", [h.make_tensor_value_info("x", T.FLOAT, ["N", "W"])],
+                         [h.make_tensor_value_info("y", T.FLOAT, ["N", 1])], inits)
+        return h.make_model(g, opset_imports=[h.make_opsetid("", 17)])
+
+    res = compare(model(1000), model(5), "float", examples=50, seed=0, input_ranges={"x": (1, 2)})
+    assert not res.ok
+    assert res.counterexample["x"].shape == (1, 6), res.counterexample["x"].shape
+    assert res.shrunk
+    # bounded: with no time for shrinking, the first failing input is reported as is
+    quick = compare(model(1000), model(5), "float", examples=50, seed=0, input_ranges={"x": (1, 2)},
+                    shrink_seconds=0.0)
+    assert not quick.ok and quick.counterexample["x"].shape[1] >= 6 and quick.seconds < res.seconds + 1
+
+
+@pytest.mark.parametrize("name", ["tiny_transformer.onnx", "digits_cnn.onnx"])
+def test_shipped_models_verify_without_false_alarms(name):
+    path = Path(__file__).resolve().parent.parent / "models" / name
+    if not path.exists():
+        pytest.skip(f"models/{name} not generated yet")
+    m = onnx.load(path)
+    res = compare(m, Model.from_onnx(m).to_onnx(), "exact", examples=4)
+    assert res.ok and not res.skipped and res.examples == 4, res.summary
+
+
+def test_cli_run_exits_1_on_a_failed_check(tmp_path, monkeypatch, capsys):
+    (tmp_path / "badplugin_verify_test.py").write_text(
+        "import graphopt\n"
+        "from graphopt import Pass, PassResult, register_pass\n"
+        "@register_pass('test-plugin-negate', replace=True)\n"
+        "class Negate(Pass):\n"
+        "    '''negates the conv weight'''\n"
+        "    contract = 'float'\n"
+        "    def run(self, model, ctx):\n"
+        "        w = next(n for n in model.graph.nodes if n.op == 'Conv').inputs[1]\n"
+        "        w.values = -w.values\n"
+        "        return PassResult(True)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    src = tmp_path / "m.onnx"
+    onnx.save(conv_model(), src)
+    try:
+        rc = cli_main([str(src), "-p", "test-plugin-negate", "--plugin", "badplugin_verify_test",
+                       "--repro-dir", str(tmp_path / "repro"), "-o", str(tmp_path / "out.onnx")])
+        assert rc == 1
+        assert not (tmp_path / "out.onnx").exists()
+        assert "test-plugin-negate" in capsys.readouterr().err
+        assert (tmp_path / "repro" / "01-test-plugin-negate" / "inputs.npz").exists()
+        rc = cli_main([str(src), "-p", "test-plugin-negate", "--plugin", "badplugin_verify_test",
+                       "--on-fail", "revert", "--repro-dir", str(tmp_path / "repro2"),
+                       "-o", str(tmp_path / "out.onnx")])
+        assert rc == 0 and "reverted" in capsys.readouterr().out
+    finally:
+        _pipeline._PASSES.pop("test-plugin-negate", None)
+
+
+def test_random_models_are_skipped_not_failed(caplog):
+    g = h.make_graph([h.make_node("RandomNormalLike", ["x"], ["r"]), h.make_node("Add", ["x", "r"], ["y"])], "g",
+                     [h.make_tensor_value_info("x", T.FLOAT, [2, 3])], [h.make_tensor_value_info("y", T.FLOAT, [2, 3])])
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 17)])
+    with caplog.at_level(logging.WARNING, logger="graphopt"):
+        res = compare(m, m)
+    assert res.skipped and "different outputs on the same input" in res.reason
+    assert "skipped" in caplog.text
+
+
+def _fold_bn(proto: onnx.ModelProto, drop_bias_of: int | None = None) -> onnx.ModelProto:
+    """A plain Conv-BN fold (what a `fuse` pass does), to check the float defaults."""
+    import onnx_graphsurgeon as gs
+
+    model = Model.from_onnx(proto)
+    g = model.graph
+    folded = 0
+    for bn in [n for n in g.nodes if n.op == "BatchNormalization"]:
+        x = bn.inputs[0]
+        if len(x.inputs) != 1 or x.inputs[0].op != "Conv" or len(x.outputs) != 1:
+            continue
+        conv = x.inputs[0]
+        gamma, beta, mean, var = (const_value(t).astype(np.float64) for t in bn.inputs[1:5])
+        scale = gamma / np.sqrt(var + bn.attrs.get("epsilon", 1e-5))
+        w = const_value(conv.inputs[1]).astype(np.float64)
+        b = const_value(conv.inputs[2]).astype(np.float64) if len(conv.inputs) > 2 else 0.0
+        new_b = (b - mean) * scale + beta
+        if drop_bias_of == folded:
+            new_b = np.zeros_like(new_b)
+        wname = conv.inputs[1].name
+        while len(conv.inputs) > 1:
+            del conv.inputs[-1]
+        conv.inputs.append(gs.Constant(wname + "_f", (w * scale[:, None, None, None]).astype(np.float32)))
+        conv.inputs.append(gs.Constant(wname + "_bias_f", new_b.astype(np.float32)))
+        y = bn.outputs[0]
+        bn.outputs.clear()
+        conv.outputs[0] = y
+        folded += 1
+    g.cleanup()
+    assert folded > 10
+    return model.to_onnx()
+
+
+def test_float_defaults_pass_conv_bn_folding_but_catch_a_dropped_bias():
+    from graphopt.testing import archs
+
+    m = archs.resnet50(batch="N", image=64, width=0.5)
+    good = compare(m, _fold_bn(m), "float", examples=4)
+    assert good.ok and not good.skipped, good.summary
+    assert good.worst.error < good.worst.tolerance / 5  # comfortably inside the tolerance
+    bad = compare(m, _fold_bn(m, drop_bias_of=20), "float", examples=4)
+    assert not bad.ok, bad.summary
