@@ -183,6 +183,9 @@ def _skeleton(model: onnx.ModelProto, bound: Mapping[str, tuple]) -> onnx.ModelP
         external = t.data_location == onnx.TensorProto.EXTERNAL
         if n <= _SMALL and not external:
             g.initializer.append(t)
+            if sk.ir_version < 4:  # before IR 4 an initializer must also be a graph input
+                g.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type,
+                                                                  list(t.dims)))
         else:
             g.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
     return sk
