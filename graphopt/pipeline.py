@@ -28,6 +28,20 @@ log = logging.getLogger(__name__)
 CONTRACTS = ("exact", "float", "lossy")
 TARGETS = ("onnx", "ort", "tvm")
 
+# Lossy budgets: the metrics and the pass options that set them (see graphopt.verify.contracts).
+BUDGET_METRICS = ("rel_l2", "cosine", "top1")
+BUDGET_OPTIONS = {"max_rel_l2": "rel_l2", "min_cosine": "cosine", "min_top1": "top1"}
+
+
+def budget_options(default: dict[str, float]) -> dict[str, "Option"]:
+    """The three budget options of a lossy pass; `default` is what applies without them."""
+    shown = ", ".join(f"{m} {'<=' if m == 'rel_l2' else '>='} {v:g}" for m, v in default.items())
+    return {
+        "max_rel_l2": Option(float, None, f"error budget: max relative L2 vs the input model (default: --budget, else {shown})"),
+        "min_cosine": Option(float, None, "error budget: min cosine similarity of the outputs"),
+        "min_top1": Option(float, None, "error budget: min top-1 agreement (classifier outputs)"),
+    }
+
 
 # ---------------------------------------------------------------------------- options
 
@@ -111,6 +125,8 @@ class PassContext:
     input_shapes / input_ranges: user-given bindings for graph inputs.
     samples: real input samples (a list of {input name: array}), used for
         calibration, data-driven decisions and verification.
+    budget: the error budget of lossy passes that do not set their own (`--budget`):
+        metric -> bound, metrics rel_l2 (at most), cosine and top1 (at least).
     """
 
     target: str = "onnx"
@@ -119,11 +135,17 @@ class PassContext:
     input_ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
     samples: list[dict] | None = None
     seed: int = 0
+    budget: dict[str, float] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
             raise GraphoptError(f"unknown target '{self.target}' (expected one of {', '.join(TARGETS)})")
+        for metric, bound in self.budget.items():
+            if metric not in BUDGET_METRICS:
+                raise GraphoptError(f"unknown budget metric '{metric}' (expected one of {', '.join(BUDGET_METRICS)})")
+            if not 0.0 <= float(bound) <= (float("inf") if metric == "rel_l2" else 1.0):
+                raise GraphoptError(f"budget {metric}={bound} is out of range")
 
 
 class Pass:
@@ -140,7 +162,8 @@ class Pass:
     name: ClassVar[str] = ""
     contract: ClassVar[str] = "exact"
     options: ClassVar[dict[str, Option]] = {}
-    # For lossy passes: the default error budget the verifier applies (see verify).
+    # For lossy passes: the default error budget the verifier applies (see verify). A pass
+    # with budget options (see `budget_options`) takes them over the run's --budget.
     budget: ClassVar[dict[str, float]] = {}
 
     def __init__(self, **opts: Any) -> None:
@@ -157,6 +180,13 @@ class Pass:
 
     def run(self, model: Model, ctx: PassContext) -> PassResult | bool:
         raise NotImplementedError
+
+    def budget_for(self, ctx: PassContext) -> dict[str, float]:
+        """The error budget of this run: the pass's own budget options where given, else
+        the run's budget (`ctx.budget`), else the pass's default."""
+        own = {metric: getattr(self, opt) for opt, metric in BUDGET_OPTIONS.items()
+               if opt in self.given_options and getattr(self, opt, None) is not None}
+        return own or dict(ctx.budget) or dict(type(self).budget)
 
     @classmethod
     def summary(cls) -> str:

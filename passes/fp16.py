@@ -29,6 +29,9 @@ import onnx_graphsurgeon as gs
 
 from graphopt import Model, Option, Pass, PassContext, PassResult, register_pass
 from graphopt.ir import fresh_namer, subgraphs_of
+from graphopt.pipeline import budget_options
+
+from ._budget import describe, excess
 
 log = logging.getLogger(__name__)
 
@@ -68,15 +71,12 @@ class Float16(Pass):
         "block": Option(list, list(DEFAULT_BLOCK), "op types kept in float32"),
         "block_nodes": Option(list, [], "node names kept in float32"),
         "accuracy": Option(bool, True, "with samples: block nodes until the budget holds"),
-        "max_rel_l2": Option(float, 0.01, "error budget (max relative L2 vs FP32)"),
+        **budget_options(budget),
         "max_trials": Option(int, 48, "at most this many model runs for the accuracy search"),
     }
 
-    def __init__(self, **opts):
-        super().__init__(**opts)
-        self.budget = {"rel_l2": self.max_rel_l2}
-
     def run(self, model: Model, ctx: PassContext) -> PassResult:
+        self.budget = budget = self.budget_for(ctx)  # what the search aims at and the verifier checks
         fp32 = model.to_onnx()
         conv = _Converter(fp32, set(self.block), set(self.block_nodes))
         if not conv.eligible:
@@ -85,22 +85,23 @@ class Float16(Pass):
         stats: dict = {}
         out = conv.build(blocked)
         if self.accuracy and ctx.samples:
-            from .quantize import _error, _run
+            from .quantize import _run
 
             evals = [{k: np.asarray(v) for k, v in s.items()} for s in ctx.samples[:8]]
             ref = _run(fp32, evals)
 
             def err(bl):
                 try:
-                    return _error(ref, _run(conv.build(bl), evals))
+                    return excess(budget, ref, _run(conv.build(bl), evals))
                 except Exception as e:  # a candidate onnxruntime rejects counts as failing
                     log.debug("fp16 trial failed: %s", e)
                     return float("inf")
 
             e = err(blocked)
-            stats["rel_l2_all_fp16"] = round(e, 6)
-            if e > self.max_rel_l2:
-                blocked = _bisect_block(conv.eligible, err, self.max_rel_l2, self.max_trials)
+            stats["budget"] = describe(budget)
+            stats["budget_use_all_fp16"] = round(e, 6)  # 1.0 = exactly at the budget
+            if e > 1.0:
+                blocked = _bisect_block(conv.eligible, err, 1.0, self.max_trials)
                 out = conv.build(blocked)
                 stats["blocked_for_accuracy"] = sorted(blocked)
         from .quantize import validate

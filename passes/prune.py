@@ -42,6 +42,7 @@ import onnx_graphsurgeon as gs
 
 from graphopt import GraphoptError, Model, Option, Pass, PassContext, PassResult, register_pass
 from graphopt.ir import fresh_namer, toposort
+from graphopt.pipeline import budget_options
 
 from ._channels import Analysis, Sink, analyze, compress, infer_shapes, read_constant, skeleton
 
@@ -77,9 +78,7 @@ class ChannelPrune(Pass):
         "mask_only": Option(bool, False, "remove nothing: zero the consumer weights that read the channels "
                             "that would be removed (the exact reference a pruned model must match)"),
         "max_samples": Option(int, 64, "at most this many samples are used for activations/reconstruction"),
-        "min_cosine": Option(float, None, "verifier budget: min cosine similarity (default 0.5)"),
-        "max_rel_l2": Option(float, None, "verifier budget: max relative L2 error (off by default)"),
-        "min_top1": Option(float, None, "verifier budget: min top-1 agreement (off by default)"),
+        **budget_options(budget),
     }
 
     def __init__(self, **opts):
@@ -100,17 +99,11 @@ class ChannelPrune(Pass):
             if not sep or not pattern or not 0.0 <= r < 1.0:
                 raise GraphoptError(f"pass 'prune': layer_ratios item {item!r} is not pattern:ratio with ratio in [0, 1)")
             self.layer_ratio_rules.append((pattern, r))
-        budget = {}
-        if self.min_cosine is not None:
-            budget["cosine"] = self.min_cosine
-        if self.max_rel_l2 is not None:
-            budget["rel_l2"] = self.max_rel_l2
-        if self.min_top1 is not None:
-            budget["top1"] = self.min_top1
-        self.budget = budget or dict(type(self).budget)
+        self.budget = self.budget_for(PassContext())
 
     # ------------------------------------------------------------------------------ run
     def run(self, model: Model, ctx: PassContext) -> PassResult:
+        self.budget = self.budget_for(ctx)  # the verifier judges the result on it
         graph = model.graph
         toposort(graph)
         original_proto = model.to_onnx()

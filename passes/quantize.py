@@ -41,7 +41,10 @@ import onnx_graphsurgeon as gs
 from graphopt import GraphoptError, Model, Option, Pass, PassContext, PassResult, register_pass
 from graphopt.ir import fresh_namer, outer_names_used, subgraphs_of
 
+from graphopt.pipeline import budget_options
+
 from . import _calibrate
+from ._budget import describe, excess
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +54,6 @@ DEFAULT_OPS = WEIGHT_OPS + ACT_OPS
 CHEAP_OPS = ACT_OPS  # removed first when quantization does not pay
 
 _NP = {"uint8": np.uint8, "int8": np.int8}
-
-
-def _pass_budget(default: float) -> dict:
-    return {"rel_l2": default}
 
 
 @register_pass("quant")
@@ -75,17 +74,14 @@ class Quantize(Pass):
         "upgrade_opset": Option(bool, True, "upgrade opset < 13 for per-channel weights"),
         "measure": Option(bool, True, "time the result and drop quantization that does not pay"),
         "accuracy": Option(bool, True, "keep the most sensitive nodes in float until the budget holds"),
-        "max_rel_l2": Option(float, 0.1, "the error budget (max relative L2 of the outputs vs FP32)"),
+        **budget_options(budget),
         "calib_samples": Option(int, 64, "at most this many samples for calibration"),
         "max_trials": Option(int, 48, "at most this many model runs for the accuracy search"),
     }
 
-    def __init__(self, **opts):
-        super().__init__(**opts)
-        self.budget = {"rel_l2": self.max_rel_l2}
-
     # ------------------------------------------------------------------ driver
     def run(self, model: Model, ctx: PassContext) -> PassResult:
+        self.budget = self.budget_for(ctx)  # what the search aims at and the verifier checks
         fp32 = model.to_onnx()
         stats: dict = {"left_float": {}}
         samples = ctx.samples
@@ -140,9 +136,10 @@ class Quantize(Pass):
         ref = _run(fp32, evals)
         # accuracy: keep the most sensitive nodes float until the budget holds
         if self.accuracy:
-            err = _error(ref, _run(q, evals))
-            stats["rel_l2_before_selection"] = round(err, 5)
-            if err > self.max_rel_l2:
+            stats["budget"] = describe(self.budget)
+            use = excess(self.budget, ref, _run(q, evals))
+            stats["budget_use_before_selection"] = round(use, 4)  # 1.0 = exactly at the budget
+            if use > 1.0:
                 q, skip = self._select(builder, ref, evals, stats)
                 if q is None:
                     stats["reverted"] = "no subset of nodes meets the budget"
@@ -198,7 +195,7 @@ class Quantize(Pass):
 
         def err(skip):
             try:
-                e = _error(ref, _run(builder.build(set(skip)), evals))
+                e = excess(self.budget, ref, _run(builder.build(set(skip)), evals))
             except Exception as ex:  # a candidate onnxruntime rejects counts as failing
                 log.debug("quant trial failed: %s", ex)
                 e = float("inf")
@@ -207,12 +204,13 @@ class Quantize(Pass):
                 errs[next(iter(rest))] = e
             return e
 
-        skip = _bisect_block(names, err, self.max_rel_l2, self.max_trials)
+        skip = _bisect_block(names, err, 1.0, self.max_trials)
         if len(skip) == len(names):
             return None, set()
         q = builder.build(skip)
         for n in skip:
-            why = f"sensitive (alone: rel_l2 {errs[n]:.3g})" if n in errs else "sensitive (group over budget)"
+            why = (f"sensitive (alone: {errs[n]:.3g} of the budget)" if n in errs
+                   else "sensitive (group over budget)")
             stats["left_float"][n] = why
         stats["kept_float_for_accuracy"] = sorted(skip)
         return q, skip

@@ -6,7 +6,7 @@ import argparse
 import re
 
 from ..errors import GraphoptError
-from ..pipeline import TARGETS, PassContext
+from ..pipeline import BUDGET_METRICS, TARGETS, PassContext
 
 
 def parse_shape(text: str) -> tuple[str, tuple[int, ...]]:
@@ -30,6 +30,18 @@ def parse_range(text: str) -> tuple[str, tuple[float, float]]:
     return m.group(1), (lo, hi)  # type: ignore[union-attr]
 
 
+def parse_budget(text: str) -> tuple[str, float]:
+    """'cosine=0.99' -> ('cosine', 0.99)."""
+    name, sep, value = text.partition("=")
+    try:
+        if not sep or name.strip() not in BUDGET_METRICS:
+            raise ValueError
+        return name.strip(), float(value)
+    except ValueError:
+        raise GraphoptError(f"bad --budget '{text}' (expected METRIC=VALUE with METRIC one of "
+                            f"{', '.join(BUDGET_METRICS)}, e.g. rel_l2=0.05)") from None
+
+
 def add_input_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("inputs")
     g.add_argument("--input-shape", action="append", default=[], metavar="NAME=1x3x224x224",
@@ -49,6 +61,9 @@ def add_context_args(parser: argparse.ArgumentParser) -> None:
                         "onnxruntime (contrib ops allowed) or tvm")
     g.add_argument("--allow-opset-upgrade", action="store_true",
                    help="passes may convert the model to a newer opset")
+    g.add_argument("--budget", action="append", default=[], metavar="METRIC=VALUE",
+                   help="error budget of lossy passes (quant, fp16, prune) that do not set their own: "
+                        "rel_l2=0.05 (at most), cosine=0.99 or top1=0.99 (at least); repeatable")
 
 
 def context_from_args(args: argparse.Namespace) -> PassContext:
@@ -61,6 +76,7 @@ def context_from_args(args: argparse.Namespace) -> PassContext:
         input_ranges=dict(parse_range(r) for r in args.input_range),
         samples=load_samples(args.samples) if args.samples else None,
         seed=args.seed,
+        budget=dict(parse_budget(b) for b in getattr(args, "budget", [])),
     )
 
 

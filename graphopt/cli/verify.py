@@ -10,14 +10,11 @@ from ..errors import GraphoptError
 from . import options
 
 
-def _budget(text: str) -> tuple[str, float]:
-    name, sep, value = text.partition("=")
+def _budget_arg(text: str) -> tuple[str, float]:
     try:
-        if not sep:
-            raise ValueError
-        return name.strip(), float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"bad --budget '{text}' (expected METRIC=VALUE, e.g. rel_l2=0.05)") from None
+        return options.parse_budget(text)
+    except GraphoptError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--atol", type=float, default=None, help="float contract: absolute tolerance (default 1e-6)")
     g.add_argument("--metric", choices=("rel_l2", "cosine", "top1"), default=None,
                    help="lossy contract: the metric (default rel_l2)")
-    g.add_argument("--budget", action="append", default=[], type=_budget, metavar="METRIC=VALUE",
+    g.add_argument("--budget", action="append", default=[], type=_budget_arg, metavar="METRIC=VALUE",
                    help="lossy contract: bound on a metric, e.g. rel_l2=0.05, cosine=0.99, top1=0.9 "
                         "(repeatable; a bare number with --metric)")
     options.add_input_args(parser)
