@@ -219,7 +219,7 @@ def _fold_bn(scope: _Scope, bn: gs.Node) -> bool:
     x = bn.inputs[0]
     prod = scope.producer(x, ("Conv", "ConvTranspose", "Gemm", "MatMul"))
     if prod is None or not scope.private(x) or len(prod.outputs) != 1:
-        return False
+        return _fold_bn_forward(scope, bn)
     params = _bn_params(scope, bn)
     if params is None:
         return False
@@ -245,9 +245,73 @@ def _fold_bn(scope: _Scope, bn: gs.Node) -> bool:
     return True
 
 
+def _zero_padding(conv: gs.Node, w: np.ndarray) -> bool:
+    """True when the Conv reads no padding (so a per-channel shift of its input is exact)."""
+    auto_pad = conv.attrs.get("auto_pad", "NOTSET")
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        return all(k == 1 for k in w.shape[2:])  # SAME never pads a 1x1 kernel
+    return auto_pad == "VALID" or not any(conv.attrs.get("pads", []))
+
+
+def _fold_bn_forward(scope: _Scope, bn: gs.Node) -> bool:
+    """BatchNormalization feeding a Conv (zero padding) or a Gemm: y = x*s + t goes into the
+    consumer's weights (scaled along their input channels) and bias (plus W applied to t)."""
+    y = bn.outputs[0] if len(bn.outputs) == 1 else None
+    cons = scope.sole_consumer(y) if y is not None else None
+    if cons is None or not _std(cons) or cons.op not in ("Conv", "Gemm") or cons.inputs[0] is not y:
+        return False
+    params = _bn_params(scope, bn)
+    w = const_value(cons.inputs[1]) if len(cons.inputs) > 1 else None
+    has_b = len(cons.inputs) > 2 and cons.inputs[2].name
+    b = const_value(cons.inputs[2]) if has_b else None
+    if params is None or w is None or w.dtype.kind != "f" or (has_b and b is None):
+        return False
+    s, t = params
+    w64 = w.astype(np.float64)
+    if cons.op == "Conv":
+        if w.ndim < 3 or not _zero_padding(cons, w):
+            return False
+        o, cpg = w.shape[0], w.shape[1]
+        g = int(cons.attrs.get("group", 1))
+        if s.size != cpg * g or o % g:
+            return False
+        idx = (np.arange(o) // (o // g))[:, None] * cpg + np.arange(cpg)[None, :]  # [O, C/g] -> channel
+        extra = (1,) * (w.ndim - 2)
+        new_w = w64 * s[idx].reshape(idx.shape + extra)
+        shift = (w64 * t[idx].reshape(idx.shape + extra)).reshape(o, -1).sum(axis=1)
+        new_b = (b.astype(np.float64).reshape(-1) if b is not None else np.zeros(o)) + shift
+        if new_b.shape != (o,):
+            return False
+    else:  # Gemm: Y = alpha * A' B + beta * C with A' = A*s + t on A's columns
+        if w.ndim != 2 or int(cons.attrs.get("transA", 0)):
+            return False
+        trans_b = int(cons.attrs.get("transB", 0))
+        k = w.shape[1] if trans_b else w.shape[0]
+        n = w.shape[0] if trans_b else w.shape[1]
+        if s.size != k:
+            return False
+        new_w = w64 * (s.reshape(1, k) if trans_b else s.reshape(k, 1))
+        alpha, beta = float(cons.attrs.get("alpha", 1.0)), float(cons.attrs.get("beta", 1.0))
+        shift = alpha * ((w64 @ t) if trans_b else (t @ w64))
+        if b is not None and (b.ndim > 2 or (b.ndim == 2 and b.shape[0] != 1) or b.shape[-1:] not in ((n,), (1,))):
+            return False
+        base = np.broadcast_to(b.reshape(-1), (n,)).astype(np.float64) * beta if b is not None else np.zeros(n)
+        new_b = base + shift
+        cons.attrs["beta"] = 1.0
+    cons.inputs[0] = bn.inputs[0]
+    cons.inputs[1] = scope.const(cons.inputs[1].name + "_fused", new_w.astype(w.dtype))
+    bias = scope.const(cons.inputs[1].name + "_bias", new_b.astype(w.dtype))
+    if len(cons.inputs) > 2:
+        cons.inputs[2] = bias
+    else:
+        cons.inputs.append(bias)
+    scope.kill(bn)
+    return True
+
+
 @register_pass("fold-bn")
 class FoldBatchNorm(Pass):
-    """Fold inference BatchNormalization into the preceding Conv/ConvTranspose/Gemm/MatMul weights."""
+    """Fold inference BatchNormalization into the preceding Conv/ConvTranspose/Gemm/MatMul, or the following zero-padded Conv / Gemm."""
 
     contract = "float"
 

@@ -122,6 +122,54 @@ def test_fold_bn_refuses_shared_and_nonconst():
     assert "BatchNormalization" in ops(opt(m, "fold-bn"))
 
 
+@pytest.mark.parametrize("group,bias,kernel", [(1, True, 3), (2, False, 3), (4, True, 1), (1, False, 1)])
+def test_fold_bn_into_following_conv(group, bias, kernel):
+    """BN -> Conv without padding: the BN's scale and shift go into the Conv (pre-activation
+    blocks, a BN on the network input)."""
+    ins = ["c", "w"] + (["b"] if bias else [])
+    pads = [0, 0, 0, 0]
+    inits = [W("w", RNG.standard_normal((8, 8 // group, kernel, kernel)))] + ([W("b", RNG.standard_normal(8))] if bias else [])
+    m = make([bn_node("x", "c"), helper.make_node("Conv", ins, ["y"], group=group, pads=pads, strides=[2, 2])],
+             [vi("x", [2, 8, 7, 7])], [vi("y", None)], inits + bn_inits(8))
+    out = opt(m, "fold-bn")
+    assert ops(out) == ["Conv"]
+    check_equiv(m, out, feeds_for(m))
+
+
+@pytest.mark.parametrize("trans_b", [0, 1])
+def test_fold_bn_into_following_gemm(trans_b):
+    inits = [W("w", RNG.standard_normal((6, 5) if trans_b else (5, 6))), W("b", RNG.standard_normal(6))]
+    m = make([bn_node("x", "c"), helper.make_node("Gemm", ["c", "w", "b"], ["y"], transB=trans_b, alpha=0.7, beta=0.5)],
+             [vi("x", [3, 5])], [vi("y", None)], inits + bn_inits(5))
+    out = opt(m, "fold-bn")
+    assert ops(out) == ["Gemm"]
+    check_equiv(m, out, feeds_for(m))
+
+
+def test_fold_bn_into_following_conv_refusals():
+    inits = [W("w", RNG.standard_normal((8, 8, 3, 3)))] + bn_inits(8)
+    # zero padding would see 0 where the BN'd input has the shift t: not exact
+    m = make([bn_node("x", "c"), helper.make_node("Conv", ["c", "w"], ["y"], pads=[1, 1, 1, 1])],
+             [vi("x", [1, 8, 5, 5])], [vi("y", None)], inits)
+    assert "BatchNormalization" in ops(opt(m, "fold-bn"))
+    m = make([bn_node("x", "c"), helper.make_node("Conv", ["c", "w"], ["y"], auto_pad="SAME_UPPER")],
+             [vi("x", [1, 8, 5, 5])], [vi("y", None)], inits)
+    assert "BatchNormalization" in ops(opt(m, "fold-bn"))
+    m = make([bn_node("x", "c"), helper.make_node("Conv", ["c", "w1"], ["y"], pads=[1, 1, 1, 1])],
+             [vi("x", [1, 8, 5, 5])], [vi("y", None)], [W("w1", RNG.standard_normal((8, 8, 1, 1)))] + bn_inits(8))
+    assert "BatchNormalization" in ops(opt(m, "fold-bn"))  # a padded 1x1 Conv reads the padding too
+    # ... but SAME on a 1x1 kernel pads nothing
+    m = make([bn_node("x", "c"), helper.make_node("Conv", ["c", "w1"], ["y"], auto_pad="SAME_UPPER", strides=[2, 2])],
+             [vi("x", [1, 8, 5, 5])], [vi("y", None)], [W("w1", RNG.standard_normal((8, 8, 1, 1)))] + bn_inits(8))
+    out = opt(m, "fold-bn")
+    assert ops(out) == ["Conv"]
+    check_equiv(m, out, feeds_for(m))
+    # the BN output has a second reader
+    m = make([bn_node("x", "c"), helper.make_node("Conv", ["c", "w"], ["y"]), helper.make_node("Relu", ["c"], ["z"])],
+             [vi("x", [1, 8, 5, 5])], [vi("y", None), vi("z", None)], inits)
+    assert "BatchNormalization" in ops(opt(m, "fold-bn"))
+
+
 # -- fold-affine -----------------------------------------------------------------------------
 
 
