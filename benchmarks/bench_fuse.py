@@ -7,8 +7,10 @@ folded, random weights), bert() (BERT-base, batch 1, seq 128) and the onnx light
 (`--quick`: small variants and 3 zoo models). For each model, in one run:
 
 - original;
-- graphopt `-p clean,fuse --target onnx` and `--target ort` (verification off here; the
-  tests run the same pipelines with the verifier on);
+- graphopt `-p clean,fuse --target onnx` and `--target ort`, and `-p clean,fuse,ort-nchwc
+  --target ort` (onnxruntime's blocked layout ahead of time: hardware-specific, like
+  onnxruntime's own ENABLE_ALL output) (verification off here; the tests run the same
+  pipelines with the verifier on);
 - onnx-simplifier (`onnxsim.simplify`), onnxslim (`onnxslim.slim`);
 - onnxruntime's offline-optimized model (SessionOptions.optimized_model_filepath at
   ORT_ENABLE_EXTENDED; it contains com.microsoft contrib ops).
@@ -101,6 +103,7 @@ def variants(model: onnx.ModelProto, tmp: str) -> dict[str, tuple[onnx.ModelProt
 
     attempt("graphopt onnx", lambda: graphopt.optimize(model, "clean,fuse", target="onnx", verify=False))
     attempt("graphopt ort", lambda: graphopt.optimize(model, "clean,fuse", target="ort", verify=False))
+    attempt("graphopt ort+nchwc", lambda: graphopt.optimize(model, "clean,fuse,ort-nchwc", target="ort", verify=False))
 
     def sim():
         import onnxsim

@@ -137,6 +137,14 @@ class Model:
         self._node_meta = other._node_meta
         self.initializer_inputs = other.initializer_inputs
 
+    def set_metadata(self, key: str, value: str) -> None:
+        """Set one metadata_props entry of the model (kept on export)."""
+        for prop in self._template.metadata_props:
+            if prop.key == key:
+                prop.value = value
+                return
+        self._template.metadata_props.add(key=key, value=value)
+
     # -- facts --------------------------------------------------------------------------
     @property
     def template(self) -> onnx.ModelProto:

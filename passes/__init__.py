@@ -8,5 +8,6 @@ dependencies lazily, inside the passes that need them.
 from . import cleanup  # noqa: F401
 from . import fusion  # noqa: F401
 from . import fp16  # noqa: F401
+from . import nchwc  # noqa: F401
 from . import prune  # noqa: F401
 from . import quantize  # noqa: F401
