@@ -47,3 +47,54 @@ def excess(budget: dict[str, float], ref: list[list], got: list[list]) -> float:
 
 def describe(budget: dict[str, float]) -> str:
     return ", ".join(f"{m} {'<=' if m == 'rel_l2' else '>='} {v:g}" for m, v in budget.items())
+
+
+LAYER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "FusedConv", "FusedGemm")
+
+
+def layer_errors(ref: "onnx.ModelProto", new: "onnx.ModelProto", feeds: dict,
+                 max_layers: int = 64) -> dict[str, float]:
+    """Relative L2 error of each layer's output (Conv/Gemm/MatMul, in execution order) of
+    `new` against `ref` on one input, for tensors both models have under the same name and
+    shape: where a lossy rewrite loses accuracy. Best effort: {} if a model cannot run."""
+    import onnx
+    import onnxruntime as ort
+
+    def layers(m):
+        return [(n.name or n.output[0], n.output[0]) for n in m.graph.node
+                if n.op_type in LAYER_OPS and n.output and n.output[0]]
+
+    ref_layers = layers(ref)
+    new_outputs = {t for n in new.graph.node for t in n.output}
+    picked = [(name, t) for name, t in ref_layers if t in new_outputs][:max_layers]
+    if not picked:
+        return {}
+
+    def run(m):
+        extended = onnx.ModelProto()
+        extended.CopyFrom(m)
+        listed = {o.name for o in extended.graph.output}
+        for _, t in picked:
+            if t not in listed:
+                extended.graph.output.append(onnx.helper.make_value_info(t, onnx.TypeProto()))
+        so = ort.SessionOptions()
+        so.log_severity_level = 4
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        sess = ort.InferenceSession(extended.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        names = [t for _, t in picked]
+        return dict(zip(names, sess.run(names, feeds)))
+
+    try:
+        a, b = run(ref), run(new)
+    except Exception as e:  # informative only: never fail a pass over it
+        import logging
+        logging.getLogger(__name__).debug("per-layer error: %s", e)
+        return {}
+    out = {}
+    for name, t in picked:
+        x, y = np.asarray(a[t], np.float64), np.asarray(b[t], np.float64)
+        if x.shape != y.shape or not np.isfinite(x).all() or not np.isfinite(y).all():
+            continue
+        den = float(np.linalg.norm(x))
+        out[name] = round(float(np.linalg.norm(x - y)) / den, 6) if den > 0 else 0.0
+    return out

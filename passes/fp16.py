@@ -31,7 +31,7 @@ from graphopt import Model, Option, Pass, PassContext, PassResult, register_pass
 from graphopt.ir import fresh_namer, subgraphs_of
 from graphopt.pipeline import budget_options
 
-from ._budget import describe, excess
+from ._budget import describe, excess, layer_errors
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,10 @@ class Float16(Pass):
             return PassResult(False, stats)
         stats.update(converted=len(conv.eligible) - len(blocked), kept_float32=conv.kept + len(blocked),
                      clamped_values=conv.clamped)
-        from .quantize import keep_model_fields
+        from .quantize import generate_samples, keep_model_fields
+
+        feed = ctx.samples[0] if ctx.samples else generate_samples(fp32, ctx, 1)[0]
+        stats["per_layer_error"] = layer_errors(fp32, out, {k: np.asarray(v) for k, v in feed.items()})
 
         model.replace_with(Model.from_onnx(keep_model_fields(out, fp32)))
         return PassResult(True, stats)

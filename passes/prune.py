@@ -44,6 +44,7 @@ from graphopt import GraphoptError, Model, Option, Pass, PassContext, PassResult
 from graphopt.ir import fresh_namer, toposort
 from graphopt.pipeline import budget_options
 
+from ._budget import layer_errors
 from ._channels import Analysis, Sink, analyze, compress, infer_shapes, read_constant, skeleton
 
 log = logging.getLogger(__name__)
@@ -214,6 +215,11 @@ class ChannelPrune(Pass):
             log.info("prune: no samples given, skipping least-squares reconstruction")
         if _is_valid(original_proto):
             _check(model)  # the input was valid: the output must be too
+        from .quantize import generate_samples
+
+        feed = samples[0] if samples else generate_samples(original_proto, ctx, 1)[0]
+        stats["per_layer_error"] = layer_errors(original_proto, model.to_onnx(),
+                                                {k: np.asarray(v) for k, v in feed.items()})
         return PassResult(True, stats)
 
     # ------------------------------------------------------------------------ importance

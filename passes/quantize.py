@@ -44,7 +44,7 @@ from graphopt.ir import fresh_namer, outer_names_used, subgraphs_of
 from graphopt.pipeline import budget_options
 
 from . import _calibrate
-from ._budget import describe, excess
+from ._budget import describe, excess, layer_errors
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +151,7 @@ class Quantize(Pass):
                 return PassResult(False, stats)
         stats["quantized"] = len(builder.candidates) - len(skip)
         stats["rel_l2"] = round(_error(ref, _run(q, evals)), 5)
+        stats["per_layer_error"] = layer_errors(fp32, q, evals[0])
         for name in skip:
             stats["left_float"].setdefault(name, "excluded")
         model.replace_with(Model.from_onnx(keep_model_fields(q, fp32)))

@@ -81,3 +81,15 @@ def test_cli_budget_flag(tmp_path):
                         "--budget", "psnr=3", "-o", str(out)], capture_output=True, text=True)
     assert r.returncode == 2 and "bad --budget 'psnr=3'" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_lossy_passes_report_per_layer_error():
+    """quant / fp16 report each layer's relative error (the report plots it)."""
+    m, _, _, calib = _digits()
+    layers = {n.name for n in m.graph.node if n.op_type in ("Conv", "Gemm")}
+    for spec in ("quant(measure=false)", "fp16"):
+        p = get_pass(spec.split("(")[0])(**({"measure": False} if spec.startswith("quant") else {}))
+        res = p.run(Model.from_onnx(m), PassContext(samples=calib))
+        errs = res.stats["per_layer_error"]
+        assert set(errs) == layers, spec
+        assert all(0 < e < 0.1 for e in errs.values()), (spec, errs)
