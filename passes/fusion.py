@@ -138,6 +138,18 @@ def _walk(model: Model, ctx: PassContext, fn, shapes: dict | None = None, types:
     return total
 
 
+class _LocalRewrite(Pass):
+    """A pass that applies one local rewrite (`rewrite(scope, node) -> bool`) to every node
+    of every graph and reports how many times it fired under `stat`."""
+
+    rewrite = staticmethod(lambda scope, node: False)
+    stat = "fused"
+
+    def run(self, model: Model, ctx: PassContext) -> PassResult:
+        n = _walk(model, ctx, self.rewrite)
+        return PassResult(n > 0, {self.stat: n})
+
+
 def _float_dtype(t: gs.Tensor) -> bool:
     v = const_value(t)
     return v is not None and v.dtype in (np.float32, np.float64, np.float16)
@@ -310,14 +322,12 @@ def _fold_bn_forward(scope: _Scope, bn: gs.Node) -> bool:
 
 
 @register_pass("fold-bn")
-class FoldBatchNorm(Pass):
+class FoldBatchNorm(_LocalRewrite):
     """Fold inference BatchNormalization into the preceding Conv/ConvTranspose/Gemm/MatMul, or the following zero-padded Conv / Gemm."""
 
     contract = "float"
-
-    def run(self, model: Model, ctx: PassContext) -> PassResult:
-        n = _walk(model, ctx, _fold_bn)
-        return PassResult(n > 0, {"folded": n})
+    rewrite = staticmethod(_fold_bn)
+    stat = "folded"
 
 
 def _channel_vector(v: np.ndarray, out_rank: int | None, axis: int) -> np.ndarray | None:
@@ -364,14 +374,12 @@ def _fold_affine(scope: _Scope, node: gs.Node) -> bool:
 
 
 @register_pass("fold-affine")
-class FoldAffine(Pass):
+class FoldAffine(_LocalRewrite):
     """Fold Mul/Add by per-output-channel or scalar constants into Conv/Gemm weights and bias."""
 
     contract = "float"
-
-    def run(self, model: Model, ctx: PassContext) -> PassResult:
-        n = _walk(model, ctx, _fold_affine)
-        return PassResult(n > 0, {"folded": n})
+    rewrite = staticmethod(_fold_affine)
+    stat = "folded"
 
 
 def _fuse_gemm(scope: _Scope, mm: gs.Node) -> bool:
@@ -397,14 +405,11 @@ def _fuse_gemm(scope: _Scope, mm: gs.Node) -> bool:
 
 
 @register_pass("fuse-gemm")
-class FuseGemm(Pass):
+class FuseGemm(_LocalRewrite):
     """MatMul(2-D A, constant 2-D B) + Add(1-D bias) -> Gemm."""
 
     contract = "float"
-
-    def run(self, model: Model, ctx: PassContext) -> PassResult:
-        n = _walk(model, ctx, _fuse_gemm)
-        return PassResult(n > 0, {"fused": n})
+    rewrite = staticmethod(_fuse_gemm)
 
 
 # -- activation fusion --------------------------------------------------------------------
@@ -425,14 +430,11 @@ def _fuse_hardswish(scope: _Scope, mul: gs.Node) -> bool:
 
 
 @register_pass("fuse-hardswish")
-class FuseHardSwish(Pass):
+class FuseHardSwish(_LocalRewrite):
     """x * HardSigmoid(x; 1/6, 0.5) -> HardSwish (opset >= 14)."""
 
     contract = "float"
-
-    def run(self, model: Model, ctx: PassContext) -> PassResult:
-        n = _walk(model, ctx, _fuse_hardswish)
-        return PassResult(n > 0, {"fused": n})
+    rewrite = staticmethod(_fuse_hardswish)
 
 
 def _gelu_target(scope: _Scope) -> tuple[str, str | None] | None:
@@ -499,14 +501,11 @@ def _fuse_gelu(scope: _Scope, erf: gs.Node) -> bool:
 
 
 @register_pass("fuse-gelu")
-class FuseGelu(Pass):
+class FuseGelu(_LocalRewrite):
     """Erf-form GELU subgraph -> Gelu (opset >= 20, or com.microsoft Gelu for --target ort)."""
 
     contract = "float"
-
-    def run(self, model: Model, ctx: PassContext) -> PassResult:
-        n = _walk(model, ctx, _fuse_gelu)
-        return PassResult(n > 0, {"fused": n})
+    rewrite = staticmethod(_fuse_gelu)
 
 
 def _reduce_axes(scope: _Scope, node: gs.Node) -> list[int] | None:
@@ -617,14 +616,11 @@ def _fuse_layernorm(scope: _Scope, rm: gs.Node) -> bool:
 
 
 @register_pass("fuse-layernorm")
-class FuseLayerNorm(Pass):
+class FuseLayerNorm(_LocalRewrite):
     """Mean/variance LayerNorm subgraph -> LayerNormalization (opset >= 17)."""
 
     contract = "float"
-
-    def run(self, model: Model, ctx: PassContext) -> PassResult:
-        n = _walk(model, ctx, _fuse_layernorm)
-        return PassResult(n > 0, {"fused": n})
+    rewrite = staticmethod(_fuse_layernorm)
 
 
 # -- Relu / Clip merging ----------------------------------------------------------------
@@ -686,14 +682,12 @@ def _fuse_clip(scope: _Scope, node: gs.Node) -> bool:
 
 
 @register_pass("fuse-clip")
-class FuseClip(Pass):
+class FuseClip(_LocalRewrite):
     """Merge Relu/Clip chains into one Relu or Clip (e.g. Relu -> Clip(0,6) = Clip(0,6))."""
 
     contract = "exact"
-
-    def run(self, model: Model, ctx: PassContext) -> PassResult:
-        n = _walk(model, ctx, _fuse_clip)
-        return PassResult(n > 0, {"merged": n})
+    rewrite = staticmethod(_fuse_clip)
+    stat = "merged"
 
 
 # -- onnxruntime contrib fusion ------------------------------------------------------------
@@ -840,14 +834,12 @@ def _merge_transpose(scope: _Scope, node: gs.Node) -> bool:
 
 
 @register_pass("merge-transpose")
-class MergeTranspose(Pass):
+class MergeTranspose(_LocalRewrite):
     """Compose consecutive Transposes; drop the pair if they cancel."""
 
     contract = "exact"
-
-    def run(self, model: Model, ctx: PassContext) -> PassResult:
-        n = _walk(model, ctx, _merge_transpose)
-        return PassResult(n > 0, {"merged": n})
+    rewrite = staticmethod(_merge_transpose)
+    stat = "merged"
 
 
 def _axes_of(node: gs.Node) -> list[int] | None:
@@ -887,14 +879,12 @@ def _merge_reshape(scope: _Scope, node: gs.Node) -> bool:
 
 
 @register_pass("merge-reshape")
-class MergeReshape(Pass):
+class MergeReshape(_LocalRewrite):
     """Reshape of Reshape -> one Reshape; Squeeze/Unsqueeze pairs on the same axes cancel."""
 
     contract = "exact"
-
-    def run(self, model: Model, ctx: PassContext) -> PassResult:
-        n = _walk(model, ctx, _merge_reshape)
-        return PassResult(n > 0, {"merged": n})
+    rewrite = staticmethod(_merge_reshape)
+    stat = "merged"
 
 
 def _pad_spec(pad: gs.Node, opset: int) -> list[int] | None:
@@ -959,14 +949,12 @@ def _fold_pad(scope: _Scope, node: gs.Node) -> bool:
 
 
 @register_pass("fold-pad")
-class FoldPad(Pass):
+class FoldPad(_LocalRewrite):
     """Zero constant Pad on spatial axes -> Conv / AveragePool(count_include_pad=1) pads."""
 
     contract = "float"  # same sums, but a padded kernel may accumulate in another order
-
-    def run(self, model: Model, ctx: PassContext) -> PassResult:
-        n = _walk(model, ctx, _fold_pad)
-        return PassResult(n > 0, {"folded": n})
+    rewrite = staticmethod(_fold_pad)
+    stat = "folded"
 
 
 # -- opset upgrade ------------------------------------------------------------------------
