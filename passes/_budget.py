@@ -9,6 +9,7 @@ rel_l2 (worst over samples and outputs, at most), cosine (worst, at least) and t
 from __future__ import annotations
 
 import numpy as np
+import onnx
 
 _TINY = 1e-12
 
@@ -52,14 +53,11 @@ def describe(budget: dict[str, float]) -> str:
 LAYER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "FusedConv", "FusedGemm")
 
 
-def layer_errors(ref: "onnx.ModelProto", new: "onnx.ModelProto", feeds: dict,
+def layer_errors(ref: onnx.ModelProto, new: onnx.ModelProto, feeds: dict,
                  max_layers: int = 64) -> dict[str, float]:
     """Relative L2 error of each layer's output (Conv/Gemm/MatMul, in execution order) of
     `new` against `ref` on one input, for tensors both models have under the same name and
     shape: where a lossy rewrite loses accuracy. Best effort: {} if a model cannot run."""
-    import onnx
-    import onnxruntime as ort
-
     def layers(m):
         return [(n.name or n.output[0], n.output[0]) for n in m.graph.node
                 if n.op_type in LAYER_OPS and n.output and n.output[0]]
@@ -70,19 +68,12 @@ def layer_errors(ref: "onnx.ModelProto", new: "onnx.ModelProto", feeds: dict,
     if not picked:
         return {}
 
+    from ._calibrate import session_with_outputs
+
+    names = [t for _, t in picked]
+
     def run(m):
-        extended = onnx.ModelProto()
-        extended.CopyFrom(m)
-        listed = {o.name for o in extended.graph.output}
-        for _, t in picked:
-            if t not in listed:
-                extended.graph.output.append(onnx.helper.make_value_info(t, onnx.TypeProto()))
-        so = ort.SessionOptions()
-        so.log_severity_level = 4
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        sess = ort.InferenceSession(extended.SerializeToString(), so, providers=["CPUExecutionProvider"])
-        names = [t for _, t in picked]
-        return dict(zip(names, sess.run(names, feeds)))
+        return dict(zip(names, session_with_outputs(m, names).run(names, feeds)))
 
     try:
         a, b = run(ref), run(new)

@@ -23,7 +23,9 @@ log = logging.getLogger(__name__)
 BINS = 2048
 
 
-def _session(model: onnx.ModelProto, names: list[str]):
+def session_with_outputs(model: onnx.ModelProto, names: list[str], threads: int = 2):
+    """An onnxruntime session (graph optimizations off, so every tensor still exists) that
+    also returns the intermediate tensors `names`."""
     import onnxruntime as ort
 
     m = onnx.ModelProto()
@@ -35,7 +37,7 @@ def _session(model: onnx.ModelProto, names: list[str]):
     so = ort.SessionOptions()
     so.log_severity_level = 3
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    so.intra_op_num_threads = 2
+    so.intra_op_num_threads = threads
     return ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
@@ -44,7 +46,7 @@ def collect(model: onnx.ModelProto, names: list[str], samples: list[dict], metho
     """Run the model on the samples and return a range (lo, hi) for each tensor name."""
     if not names:
         return {}
-    sess = _session(model, names)
+    sess = session_with_outputs(model, names)
     outs = [o.name for o in sess.get_outputs()]
     idx = {n: outs.index(n) for n in names}
     lo = {n: np.inf for n in names}

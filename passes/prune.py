@@ -45,6 +45,7 @@ from graphopt.ir import fresh_namer, toposort
 from graphopt.pipeline import budget_options
 
 from ._budget import layer_errors
+from ._calibrate import session_with_outputs
 from ._channels import Analysis, Sink, analyze, compress, infer_shapes, read_constant, skeleton
 
 log = logging.getLogger(__name__)
@@ -581,20 +582,9 @@ class _Collector:
 
     def __init__(self, proto: onnx.ModelProto, an: Analysis, samples, seed: int,
                  positions=None, masks=None, tensors=None):
-        import onnxruntime as ort
-
         sinks = [s for s in an.sinks if tensors is None or s.tensor in tensors]
         names = sorted({s.tensor for s in sinks})
-        m = onnx.ModelProto()
-        m.CopyFrom(proto)
-        present = {o.name for o in m.graph.output}
-        for n in names:
-            if n not in present:
-                m.graph.output.append(onnx.ValueInfoProto(name=n))
-        so = ort.SessionOptions()
-        so.log_severity_level = 3
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        sess = session_with_outputs(proto, names, threads=0)  # 0: onnxruntime's default
         rng = np.random.default_rng(seed)
         self.channel_mean_abs: dict[str, np.ndarray] = {}
         self.positions = positions if positions is not None else {}
