@@ -34,6 +34,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from graphopt.analysis.shapes import skeleton
 from graphopt.ir import const_value, iter_graphs, outer_names_used, subgraphs_of
 
 log = logging.getLogger(__name__)
@@ -246,30 +247,6 @@ class Analysis:
 
 
 # ------------------------------------------------------------------------------ analysis
-
-
-def skeleton(proto: onnx.ModelProto, limit: int = 4096) -> onnx.ModelProto:
-    """A copy of the model without the data of large initializers (they become typed
-    graph inputs): all the checker and shape inference need, and cheap to serialize."""
-    g = proto.graph
-    sk = onnx.ModelProto()
-    sk.ir_version = proto.ir_version
-    sk.opset_import.extend(proto.opset_import)
-    sk.functions.extend(proto.functions)
-    sg = sk.graph
-    sg.name = g.name
-    sg.node.extend(g.node)
-    sg.input.extend(g.input)
-    sg.output.extend(g.output)
-    sg.value_info.extend(g.value_info)
-    sg.sparse_initializer.extend(g.sparse_initializer)
-    listed = {i.name for i in g.input}
-    for t in g.initializer:
-        if int(np.prod(t.dims)) <= limit:
-            sg.initializer.append(t)
-        elif t.name not in listed:
-            sg.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
-    return sk
 
 
 def infer_shapes(model_proto: onnx.ModelProto, input_shapes: dict | None = None) -> dict[str, list]:

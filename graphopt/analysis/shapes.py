@@ -143,8 +143,10 @@ def _fmt(shape: Sequence) -> str:
     return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
 
 
-def _skeleton(model: onnx.ModelProto, bound: Mapping[str, tuple]) -> onnx.ModelProto:
-    """A copy of the model for shape inference: big weights become typed inputs."""
+def skeleton(model: onnx.ModelProto, bound: Mapping[str, tuple] | None = None) -> onnx.ModelProto:
+    """A copy of the model for shape inference and the checker: the data of big weights is
+    left out (they become typed graph inputs); `bound` pins input shapes. Cheap to serialize."""
+    bound = bound or {}
     sk = onnx.ModelProto()
     for fd, value in model.ListFields():
         if fd.name == "graph":
@@ -237,7 +239,7 @@ def infer_shapes(
 ) -> ShapeInfo:
     """Every tensor's shape after binding the inputs (see `resolve_input_shapes`)."""
     bound, named = resolve_input_shapes(model, input_shapes, dims=dims, batch=batch)
-    sk = _skeleton(model, bound)
+    sk = skeleton(model, bound)
     info = ShapeInfo(bound=dict(bound), dims=named)
     try:
         inferred = onnx.shape_inference.infer_shapes(sk, check_type=False, strict_mode=False,
