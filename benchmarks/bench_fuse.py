@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -36,30 +34,14 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from common import cpu_name, interleaved_median, ort_session  # noqa: E402  (benchmarks/ is on sys.path as a script)
+
 HERE = Path(__file__).resolve().parent
 ZOO = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
 
 
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def session(model: onnx.ModelProto | str, optimize: bool) -> ort.InferenceSession:
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    so.intra_op_num_threads = 2
-    so.inter_op_num_threads = 1
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
-                                   else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
-    src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
-    return ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
+    return ort_session(model, optimize=optimize)
 
 
 def feeds_for(model: onnx.ModelProto, seq: int = 128) -> dict:
@@ -146,18 +128,12 @@ def bench_model(name: str, model: onnx.ModelProto, runs: int) -> list[dict]:
                 row["max_err"] = max(float(np.max(np.abs(a.astype(np.float64) - b))) / scale
                                      for a, b in zip(ref, res) if a.size and a.dtype.kind == "f") if ref else 0.0
             sessions[(vname, opt)] = s
-    times = {k: [] for k in sessions}
-    for k, s in sessions.items():  # warm-up
-        s.run(None, feeds)
-    for _ in range(runs):
-        for k, s in sessions.items():
-            t = time.perf_counter()
-            s.run(None, feeds)
-            times[k].append(time.perf_counter() - t)
+    jobs = {k: (lambda s=s: s.run(None, feeds)) for k, s in sessions.items()}
+    medians = interleaved_median(jobs, runs=runs, warmup=1, shuffle=True)
     for row in rows:
         for opt, key in ((False, "ms_off"), (True, "ms_on")):
-            if (row["variant"], opt) in times:
-                row[key] = 1e3 * statistics.median(times[(row["variant"], opt)])
+            if (row["variant"], opt) in medians:
+                row[key] = 1e3 * medians[(row["variant"], opt)]
     return rows
 
 

@@ -34,9 +34,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import platform
-import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -45,19 +42,14 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from common import cpu_name, interleaved_median, ort_session  # noqa: E402  (benchmarks/ is on sys.path as a script)
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 
 from graphopt import PassContext  # noqa: E402
 from graphopt.ir import Model  # noqa: E402
 from graphopt.pipeline import get_pass  # noqa: E402
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 def cpu_flags() -> str:
@@ -69,13 +61,7 @@ def cpu_flags() -> str:
 
 
 def session(proto: onnx.ModelProto) -> ort.InferenceSession:
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    so.intra_op_num_threads = 2
-    so.inter_op_num_threads = 1
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return ort_session(proto, optimize=True)
 
 
 def validity(proto: onnx.ModelProto) -> str | None:
@@ -129,7 +115,6 @@ def build_models(quick: bool, only: set[str] | None):
     if want("bert"):
         layers, seq = (2, 64) if quick else (12, 128)
         m = archs.bert(layers=layers, seq=seq, batch=1)
-        rng = np.random.default_rng(0)
 
         def feeds(n, s):
             r = np.random.default_rng(s)
@@ -217,20 +202,8 @@ def occ_fp16(proto, calib):
 
 def measure(variants: dict, feed, runs: int) -> dict[str, float]:
     sess = {k: session(v) for k, v in variants.items()}
-    for s in sess.values():
-        for _ in range(2):
-            s.run(None, feed)
-    times = {k: [] for k in sess}
-    order = list(sess)
-    rng = np.random.default_rng(0)
-    for _ in range(runs):
-        rng.shuffle(order)  # no variant always runs first or right after another
-        for k in order:
-            s = sess[k]
-            t0 = time.perf_counter()
-            s.run(None, feed)
-            times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
+    jobs = {k: (lambda s=s: s.run(None, feed)) for k, s in sess.items()}
+    return interleaved_median(jobs, runs=runs, warmup=2, shuffle=True)
 
 
 def error(ref_sess, proto, held):

@@ -42,15 +42,22 @@ def ort_session(model, *, threads: int = 2, optimize: bool = True):
 
 
 def interleaved_median(
-    jobs: Mapping[str, Callable[[], object]], runs: int = 5, warmup: int = 0
+    jobs: Mapping[str, Callable[[], object]], runs: int = 5, warmup: int = 0, shuffle: bool = False
 ) -> dict[str, float | Exception]:
-    """Run every job once per round, `runs` rounds (after `warmup` untimed rounds),
-    and return each job's median seconds. A job that raises is dropped from later
+    """Run every job once per round, `runs` rounds (after `warmup` untimed rounds; with
+    `shuffle` each round in a new seeded order), and return each job's median seconds. A job that raises is dropped from later
     rounds and reported as its exception."""
+    import random
+
     times: dict[str, list[float]] = {name: [] for name in jobs}
     failed: dict[str, Exception] = {}
+    order = list(jobs)
+    rng = random.Random(0)
     for r in range(warmup + runs):
-        for name, job in jobs.items():
+        if shuffle:
+            rng.shuffle(order)  # no job always runs first or right after the same other one
+        for name in order:
+            job = jobs[name]
             if name in failed:
                 continue
             t0 = time.perf_counter()
