@@ -77,13 +77,14 @@ class Quantize(Pass):
         **budget_options(budget),
         "calib_samples": Option(int, 64, "at most this many samples for calibration"),
         "max_trials": Option(int, 48, "at most this many model runs for the accuracy search"),
+        "prefuse": Option(bool, True, "fold BatchNorm / affine / Pad into convolutions before quantizing"),
     }
 
     # ------------------------------------------------------------------ driver
     def run(self, model: Model, ctx: PassContext) -> PassResult:
         self.budget = self.budget_for(ctx)  # what the search aims at and the verifier checks
-        fp32 = model.to_onnx()
         stats: dict = {"left_float": {}}
+        fp32 = self._prefused(model, ctx, stats) if self.prefuse else model.to_onnx()
         samples = ctx.samples
         generated = False
         if not samples:
@@ -156,6 +157,22 @@ class Quantize(Pass):
             stats["left_float"].setdefault(name, "excluded")
         model.replace_with(Model.from_onnx(keep_model_fields(q, fp32)))
         return PassResult(True, stats)
+
+    def _prefused(self, model: Model, ctx: PassContext, stats: dict) -> onnx.ModelProto:
+        """The float model to quantize: BatchNorm, per-channel Mul/Add and zero Pad folded
+        into the convolutions first (on a copy), as quantization tools do, so that each Q/DQ
+        pair wraps a whole fused op. The input model is untouched if quant changes nothing."""
+        from graphopt.pipeline import get_pass
+
+        work = model.copy()
+        folded = 0
+        for name in ("fold-pad", "fold-bn", "fold-affine"):
+            res = get_pass(name)().run(work, ctx)
+            folded += sum(v for v in res.stats.values() if isinstance(v, int))
+        if folded:
+            stats["prefused"] = folded
+            return work.to_onnx()
+        return model.to_onnx()
 
     def _upgrade(self, proto, version, samples):
         from onnx import version_converter
