@@ -124,8 +124,8 @@ class _Rewriter:
         if t.name in self.blocked:
             return self.blocked[t.name][0]
         shape = t.shape
-        if shape is None or len(shape) != 4 or not isinstance(shape[1], int) or shape[1] % self.b:
-            return None
+        if shape is None or len(shape) != 4 or not isinstance(shape[1], int) or shape[1] % 4:
+            return None  # onnxruntime's ReorderInput pads channels to the block from multiples of 4
         twin = self._var(t)
         self.new_nodes.append(gs.Node("ReorderInput", name=self.namer("ReorderInput"), domain=NCHWC,
                                       attrs={"channels_last": 0}, inputs=[t], outputs=[twin]))
@@ -141,7 +141,19 @@ class _Rewriter:
         self.dead.add(id(node))
 
     # -- rewrites
+    def _round(self, c: int) -> int:
+        return -(-c // self.b) * self.b
+
+    def _channels(self, t: gs.Tensor) -> int | None:
+        if t.name in self.blocked:
+            return self.blocked[t.name][1]
+        shape = t.shape
+        return int(shape[1]) if shape is not None and len(shape) == 4 and isinstance(shape[1], int) else None
+
     def conv(self, node: gs.Node) -> bool:
+        """Conv -> nchwc Conv. Channel counts that are not a multiple of the block are
+        padded: extra output filters are zero (their channels hold act(0) and are never
+        read), extra input channels get zero weights, ReorderOutput crops to the real count."""
         fused = node.domain == MS and node.op == "FusedConv"
         if not (fused or (node.op == "Conv" and (node.domain or "") in ("", "ai.onnx"))):
             return False
@@ -152,22 +164,31 @@ class _Rewriter:
             return False
         o, cpg = w.shape[:2]
         group = int(node.attrs.get("group", 1))
-        if o % self.b:
-            return False
         x = node.inputs[0]
+        cin = self._channels(x)
         bias = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2].name else None
-        if bias is not None and const_value(bias) is None:
+        bv = const_value(bias) if bias is not None else None
+        if bias is not None and bv is None:
             return False
         z = node.inputs[3] if fused and len(node.inputs) > 3 and node.inputs[3].name else None
-        if group == 1 and cpg % self.b == 0:
+        o_pad = self._round(o)
+        attrs = {k: v for k, v in node.attrs.items() if k in ("auto_pad", "dilations", "group", "kernel_shape", "pads", "strides")}
+        if group == 1 and cin == cpg and (x.name in self.blocked or (cpg >= self.b and cpg % 4 == 0)):
             xin = self._to_blocked(x)
-            packed = _reorder_oihwbibo(w, self.b)
-        elif group == 1 and cpg < self.b and x.name not in self.blocked:
+            padded = np.zeros((o_pad, self._round(cpg)) + w.shape[2:], np.float32)
+            padded[:o, :cpg] = w
+            packed = _reorder_oihwbibo(padded, self.b)
+        elif group == 1 and cin == cpg and cpg < self.b and x.name not in self.blocked:
             xin = x  # the first layer: reads NCHW directly
-            packed = _reorder_oihwbo(w, self.b)
-        elif group == o and cpg == 1:
+            padded = np.zeros((o_pad, cpg) + w.shape[2:], np.float32)
+            padded[:o] = w
+            packed = _reorder_oihwbo(padded, self.b)
+        elif group == o == cin and cpg == 1 and (x.name in self.blocked or o % 4 == 0):
             xin = self._to_blocked(x)
-            packed = _reorder_oihwbo(w, self.b)
+            padded = np.zeros((o_pad, 1) + w.shape[2:], np.float32)
+            padded[:o] = w
+            packed = _reorder_oihwbo(padded, self.b)
+            attrs["group"] = o_pad
         else:
             return False
         if xin is None:
@@ -175,20 +196,22 @@ class _Rewriter:
         zin = None
         if z is not None:
             zin = self._to_blocked(z)
-            if zin is None:
+            if zin is None or self._channels(z) != o:
                 return False
-        attrs = {k: v for k, v in node.attrs.items() if k in ("auto_pad", "dilations", "group", "kernel_shape", "pads", "strides")}
         if fused:
             attrs["activation"] = node.attrs["activation"]
             if node.attrs.get("activation_params"):
                 attrs["activation_params"] = list(node.attrs["activation_params"])
         y = node.outputs[0]
         ins = [xin, gs.Constant(self.namer(f"{node.inputs[1].name}_nchwc"), packed)]
-        ins.append(bias if bias is not None else gs.Variable.empty())
+        if bias is not None:
+            bp = np.zeros(o_pad, np.float32)
+            bp[:o] = bv.reshape(-1)
+            ins.append(gs.Constant(self.namer(f"{bias.name}_nchwc"), bp) if o_pad != o else bias)
+        elif zin is not None:
+            ins.append(gs.Variable.empty())
         if zin is not None:
             ins.append(zin)
-        while ins and not ins[-1].name:
-            ins.pop()
         twin = self._var(y)
         self.new_nodes.append(gs.Node("Conv", name=self.namer(f"{node.name or 'Conv'}_nchwc"), domain=NCHWC,
                                       attrs=attrs, inputs=ins, outputs=[twin]))
