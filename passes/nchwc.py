@@ -7,11 +7,12 @@ This pass does that rewrite ahead of time, so a model runs at that speed even wh
 session's optimizations are off or limited — and the rewrite is checked by the verifier
 like every other pass.
 
-What is rewritten: 2-D Conv / com.microsoft FusedConv with constant weights whose output
-channels are a multiple of B — regular convolutions with B-aligned input channels, the
-first convolution of a network (fewer than B input channels, read straight from NCHW), and
-depthwise convolutions — into com.microsoft.nchwc Conv with the filter reordered (OIHWBiBo,
-or OIHWBo for NCHW input and depthwise), the activation and a residual Add fused in; max
+What is rewritten: 2-D Conv / com.microsoft FusedConv with constant weights — regular
+convolutions, the first convolution of a network (fewer than B input channels, read
+straight from NCHW) and depthwise convolutions — into com.microsoft.nchwc Conv with the
+filter reordered (OIHWBiBo, or OIHWBo for NCHW input and depthwise), the activation and a
+residual Add fused in. Channel counts that are not a multiple of B are padded: zero extra
+filters, zero weights for padded input channels, ReorderOutput crops to the real count; max
 and average pooling (also global) on blocked tensors; elementwise activations and
 same-shape Add/Sub/Mul between blocked tensors stay in the blocked layout. ReorderInput
 and ReorderOutput convert at the borders, once per tensor.
