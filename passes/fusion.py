@@ -144,9 +144,14 @@ class _LocalRewrite(Pass):
 
     rewrite = staticmethod(lambda scope, node: False)
     stat = "fused"
+    only_target: str | None = None  # e.g. "ort": the pass does nothing for other targets
+    needs_shapes = False  # run onnx shape inference first (scope.shapes / scope.types)
 
     def run(self, model: Model, ctx: PassContext) -> PassResult:
-        n = _walk(model, ctx, self.rewrite)
+        if self.only_target and ctx.target != self.only_target:
+            return PassResult(False, {self.stat: 0})
+        extra = _inferred_shapes(model) if self.needs_shapes else ()
+        n = _walk(model, ctx, self.rewrite, *extra)
         return PassResult(n > 0, {self.stat: n})
 
 
@@ -508,6 +513,113 @@ class FuseGelu(_LocalRewrite):
     rewrite = staticmethod(_fuse_gelu)
 
 
+def _shape_of(scope: _Scope, t: gs.Tensor) -> list | None:
+    s = scope.shapes.get(t.name)
+    return list(s) if s is not None else (list(t.shape) if t.shape is not None else None)
+
+
+def _fuse_bias_gelu(scope: _Scope, add: gs.Node) -> bool:
+    """--target ort: Add(x, bias[H]) -> Gelu  =>  com.microsoft BiasGelu(x, bias)."""
+    if scope.ctx.target != "ort" or add.op != "Add" or len(add.inputs) != 2:
+        return False
+    gelu = scope.sole_consumer(add.outputs[0])
+    if gelu is None or gelu.op != "Gelu" or gelu.attrs.get("approximate", "none") != "none" \
+            or gelu.domain not in ("", "ai.onnx", None, MS):
+        return False
+    for x, b in (add.inputs, add.inputs[::-1]):
+        bv = const_value(b)
+        xs = _shape_of(scope, x)
+        if bv is None or bv.ndim != 1 or const_value(x) is not None or not xs:
+            continue
+        if xs[-1] != bv.shape[0] or bv.dtype != np.float32:
+            continue
+        scope.replace_chain([add], gelu, "BiasGelu", [x, b], domain=MS)
+        return True
+    return False
+
+
+@register_pass("fuse-bias-gelu")
+class FuseBiasGelu(_LocalRewrite):
+    """--target ort: Add(x, bias) + Gelu -> com.microsoft BiasGelu."""
+
+    contract = "float"
+    rewrite = staticmethod(_fuse_bias_gelu)
+    only_target = "ort"
+    needs_shapes = True
+
+
+def _fuse_skip_layernorm(scope: _Scope, add: gs.Node) -> bool:
+    """--target ort: Add(a, b) -> LayerNormalization(last axis), a and b of the same [B, S, H]
+    shape, optionally a = Add(MatMul, bias[H])  =>  com.microsoft SkipLayerNormalization.
+    When the sum is read elsewhere too (the next residual), its 4th output provides it."""
+    if scope.ctx.target != "ort" or add.op != "Add" or len(add.inputs) != 2:
+        return False
+    s = add.outputs[0]
+    readers = [n for n in s.outputs if id(n) not in scope.dead]
+    lns = [n for n in readers if n.op == "LayerNormalization" and _std(n) and n.inputs[0] is s]
+    if len(lns) != 1:
+        return False
+    ln = lns[0]
+    a, b = add.inputs
+    sa, sb = _shape_of(scope, a), _shape_of(scope, b)
+    if sa is None or sb is None or len(sa) != 3 or list(sa) != list(sb) or not isinstance(sa[-1], int):
+        return False
+    if const_value(a) is not None or const_value(b) is not None:
+        return False
+    hidden = int(sa[-1])
+    if int(ln.attrs.get("axis", -1)) not in (-1, 2) or int(ln.attrs.get("stash_type", 1)) != 1:
+        return False
+    if any(t.name and (t.outputs or t.name in scope.protected) for t in ln.outputs[1:]):
+        return False  # mean / inv_std_dev are read: keep the plain op
+    gamma = const_value(ln.inputs[1]) if len(ln.inputs) > 1 else None
+    beta = const_value(ln.inputs[2]) if len(ln.inputs) > 2 and ln.inputs[2].name else None
+    if gamma is None or gamma.shape != (hidden,) or (beta is not None and beta.shape != (hidden,)):
+        return False
+    if len(ln.inputs) > 2 and ln.inputs[2].name and beta is None:
+        return False
+    inputs, skip, bias, absorbed = a, b, None, []
+    for x, y in ((a, b), (b, a)):  # a bias Add feeding the sum is absorbed as `bias`
+        prod = scope.producer(x, "Add")
+        if prod is None or not scope.private(x) or len(prod.inputs) != 2:
+            continue
+        for p, c in (prod.inputs, prod.inputs[::-1]):
+            cv = const_value(c)
+            if cv is not None and cv.shape == (hidden,) and const_value(p) is None \
+                    and _shape_of(scope, p) is not None and list(_shape_of(scope, p)) == list(sa):
+                inputs, skip, bias, absorbed = p, y, c, [prod]
+                break
+        if absorbed:
+            break
+    others = [n for n in readers if n is not ln]
+    if s.name in scope.protected and not others:
+        others = [None]  # a graph output: keep the sum observable
+    ins = [inputs, skip, ln.inputs[1], ln.inputs[2] if beta is not None else gs.Variable.empty()]
+    if bias is not None:
+        ins.append(bias)
+    while not ins[-1].name:
+        ins.pop()
+    out = ln.outputs[0]
+    scope.kill(*absorbed, add, ln)
+    outputs = [out]
+    if others:
+        outputs += [gs.Variable.empty(), gs.Variable.empty(), s]
+    node = gs.Node("SkipLayerNormalization", name=scope.namer(f"{out.name}_SkipLayerNormalization"),
+                   attrs={"epsilon": float(ln.attrs.get("epsilon", 1e-5))}, inputs=ins, outputs=outputs)
+    node.domain = MS
+    scope.graph.nodes.append(node)
+    return True
+
+
+@register_pass("fuse-skip-layernorm")
+class FuseSkipLayerNorm(_LocalRewrite):
+    """--target ort: residual Add (+ bias) + LayerNormalization -> com.microsoft SkipLayerNormalization."""
+
+    contract = "float"
+    rewrite = staticmethod(_fuse_skip_layernorm)
+    only_target = "ort"
+    needs_shapes = True
+
+
 def _reduce_axes(scope: _Scope, node: gs.Node) -> list[int] | None:
     if node.op != "ReduceMean" or not node.attrs.get("keepdims", 1):
         return None
@@ -723,19 +835,16 @@ def _same_shape(scope: _Scope, add: gs.Node, y: gs.Tensor) -> bool:
 
 
 def _inferred_shapes(model: Model) -> tuple[dict[str, list], dict[str, int]]:
-    import onnx
+    """Shapes (ints, shared symbolic names, None) and elem types of every tensor, from
+    graphopt.analysis.shapes (onnx shape inference, then onnxruntime's symbolic one)."""
+    from graphopt.analysis.shapes import infer_shapes
+
     try:
-        inferred = onnx.shape_inference.infer_shapes(model.to_onnx())
-    except Exception:  # shape inference is best effort here
+        info = infer_shapes(model.to_onnx())
+    except Exception as e:  # shape inference is best effort here
+        log.debug("shape inference failed: %s", e)
         return {}, {}
-    out, types = {}, {}
-    for vi in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
-        tt = vi.type.tensor_type
-        if tt.elem_type:
-            types[vi.name] = tt.elem_type
-        if tt.HasField("shape"):
-            out[vi.name] = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim]
-    return out, types
+    return {k: list(v) for k, v in info.shapes.items() if v is not None}, dict(info.dtypes)
 
 
 def _fuse_ort_activation(scope: _Scope, node: gs.Node) -> bool:
@@ -1001,6 +1110,7 @@ class UpgradeOpset(Pass):
 register_group(
     "fuse",
     ["upgrade-opset", "fold-pad", "fold-bn", "fold-affine", "fuse-gemm", "fuse-clip", "fuse-hardswish",
-     "fuse-gelu", "fuse-layernorm", "merge-transpose", "merge-reshape", "fuse-ort-activation"],
+     "fuse-gelu", "fuse-layernorm", "merge-transpose", "merge-reshape", "fuse-ort-activation",
+     "fuse-bias-gelu", "fuse-skip-layernorm"],
     "fold BatchNorm into Conv/Gemm, fuse activations", fixed_point=True,
 )

@@ -366,6 +366,65 @@ def test_fuse_ort_activation_gemm(act):
     check_equiv(m, out, feeds_for(m))
 
 
+# -- transformer contrib fusions (--target ort) -------------------------------------------
+
+
+def test_fuse_bias_gelu():
+    m = make([helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Add", ["h", "b"], ["hb"]),
+              helper.make_node("Gelu", ["hb"], ["y"])],
+             [vi("x", [2, 5, 8])], [vi("y", None)], [W("w", RNG.standard_normal((8, 16))), W("b", RNG.standard_normal(16))],
+             opset=20)
+    out = graphopt.optimize(m, "fuse-bias-gelu", target="ort")  # verified (float contract)
+    assert ops(out) == ["MatMul", "BiasGelu"]
+    check_equiv(m, out, feeds_for(m))
+    assert ops(opt(m, "fuse-bias-gelu", target="onnx")) == ops(m)  # standard ops only
+    tanh = make([helper.make_node("Add", ["x", "b"], ["hb"]), helper.make_node("Gelu", ["hb"], ["y"], approximate="tanh")],
+                [vi("x", [2, 8])], [vi("y", None)], [W("b", RNG.standard_normal(8))], opset=20)
+    assert ops(opt(tanh, "fuse-bias-gelu", target="ort")) == ["Add", "Gelu"]
+
+
+def _post_ln_block(with_bias=True, share_sum=False, skip_shape=(2, 5, 8)):
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"])]
+    inits = [W("w", RNG.standard_normal((8, 8))), W("g", RNG.uniform(0.5, 1.5, 8)), W("be", RNG.standard_normal(8))]
+    last = "h"
+    if with_bias:
+        nodes.append(helper.make_node("Add", ["h", "b"], ["hb"]))
+        inits.append(W("b", RNG.standard_normal(8)))
+        last = "hb"
+    nodes += [helper.make_node("Add", [last, "r"], ["s"]),
+              helper.make_node("LayerNormalization", ["s", "g", "be"], ["y"], axis=-1, epsilon=1e-5)]
+    outputs = [vi("y", None)]
+    if share_sum:
+        nodes.append(helper.make_node("Relu", ["s"], ["z"]))
+        outputs.append(vi("z", None))
+    return make(nodes, [vi("x", [2, 5, 8]), vi("r", list(skip_shape))], outputs, inits)
+
+
+@pytest.mark.parametrize("with_bias,share_sum", [(True, False), (False, False), (True, True)])
+def test_fuse_skip_layernorm(with_bias, share_sum):
+    m = _post_ln_block(with_bias, share_sum)
+    out = graphopt.optimize(m, "fuse-skip-layernorm", target="ort")  # verified (float contract)
+    assert ops(out).count("SkipLayerNormalization") == 1 and "LayerNormalization" not in ops(out)
+    sln = [n for n in out.graph.node if n.op_type == "SkipLayerNormalization"][0]
+    assert len(sln.input) == (5 if with_bias else 4)
+    assert (len(sln.output) == 4 and sln.output[3] == "s") if share_sum else len(sln.output) == 1
+    check_equiv(m, out, feeds_for(m))
+
+
+def test_fuse_skip_layernorm_refusals():
+    # the residual is broadcast (a different shape): not the same-shape pattern
+    m = _post_ln_block(skip_shape=(1, 5, 8))
+    assert "SkipLayerNormalization" not in ops(opt(m, "fuse-skip-layernorm", target="ort"))
+    # a portable target never gets contrib ops
+    assert "SkipLayerNormalization" not in ops(opt(_post_ln_block(), "fuse-skip-layernorm", target="onnx"))
+    # LayerNormalization's mean output is read
+    m = _post_ln_block()
+    ln = [n for n in m.graph.node if n.op_type == "LayerNormalization"][0]
+    ln.output.append("mean")
+    m.graph.output.append(vi("mean", None))
+    assert "SkipLayerNormalization" not in ops(opt(m, "fuse-skip-layernorm", target="ort"))
+
+
 # -- layout ---------------------------------------------------------------------------------------------------
 
 
@@ -443,8 +502,13 @@ def test_fuse_group_on_archs():
     assert ops(out).count("LayerNormalization") == 3
     check_equiv(bert, out, feeds)
     out = opt(bert, "clean,fuse", target="ort")
-    assert "Gelu" in ops(out)
+    assert "BiasGelu" in ops(out)
     check_equiv(bert, out, feeds)
+    # with static shapes the residual Adds are provably same-shape: SkipLayerNormalization
+    static = archs.bert(layers=1, hidden=64, heads=2, intermediate=128, vocab=100, max_position=16, batch=2, seq=8)
+    out = opt(static, "clean,fuse", target="ort")
+    assert ops(out).count("SkipLayerNormalization") == 2 and "BiasGelu" in ops(out)
+    check_equiv(static, out, feeds)
 
 
 def test_fuse_group_verified_on_digits():
