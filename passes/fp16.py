@@ -197,7 +197,6 @@ class _Converter:
                 for o in n.outputs:
                     if o.dtype == np.float32:
                         produced16.add(o.name)
-        out_names = {t.name for t in g.outputs}
         for n in nodes:
             keep = KEEP_F32_INPUTS.get(n.op, set())
             for i, t in enumerate(n.inputs):

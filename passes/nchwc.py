@@ -33,7 +33,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from graphopt import Model, Option, Pass, PassContext, PassResult, register_pass
-from graphopt.ir import const_value, fresh_namer, iter_graphs
+from graphopt.ir import const_value, fresh_namer
 
 log = logging.getLogger(__name__)
 

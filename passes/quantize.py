@@ -38,7 +38,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from graphopt import GraphoptError, Model, Option, Pass, PassContext, PassResult, register_pass
+from graphopt import Model, Option, Pass, PassContext, PassResult, register_pass
 from graphopt.ir import fresh_namer, outer_names_used, subgraphs_of
 
 from graphopt.pipeline import budget_options
