@@ -1,66 +1,141 @@
-"""What verification costs: pipeline time with and without the verification instrument.
+"""What verification costs: a pipeline's time with and without the verification instrument.
 
-    /tmp/venv/bin/python benchmarks/bench_verify.py [--runs 5] [--pipeline clean,fuse] [--examples 8]
+    /tmp/venv/bin/python benchmarks/bench_verify.py [--runs 5] [--pipeline clean,fuse] [--no-cli] [--peers]
 
-Model: full-size ResNet-50 (graphopt.testing.archs.resnet50(), batch 1, 224x224, random
-weights), once as built and once with a few dead nodes added so the `clean` group has
-work and at least one verification check runs (on the plain model, passes that change
-nothing are not checked: the instrument only pays for its initial snapshot).
-Runs are interleaved (with, without, with, ...) and medians reported, with the ratio
-with/without.
+Model: full-size ResNet-50 as a framework exports it before any optimization
+(graphopt.testing.archs.resnet50(): batch 1, 224x224, random weights, every
+BatchNormalization separate), so `fuse` (fold-bn) changes it and that change is checked.
+Verification at its defaults: 8 examples per check, onnxruntime with graph optimizations
+off, 2 intra-op threads, allow_spinning=0.
 
-Second table: one model-vs-model check, `graphopt.verify.compare` (what `graphopt verify
-A B` runs) side by side with Polygraphy's Comparator (`pip install polygraphy`; two
-OnnxrtRunners, graph optimizations off, 8 iterations of its default data loader,
-CompareFunc.simple), on ResNet-50 vs the same model after `clean`. Verification uses onnxruntime, graph optimizations off, 2 intra-op
-threads, allow_spinning=0, 8 drawn examples (default). Results go to
-benchmarks/results/verify.md.
+Tables (medians of interleaved runs, ratios against verification off):
+1. in-process `graphopt.optimize(model, pipeline)`: off / on (default: each check inline)
+   / on with `background=True` (each check on a worker thread while the next passes
+   run, see graphopt/verify/instrument.py);
+   wall time and process CPU time (all threads);
+2. the whole CLI job (`graphopt model.onnx -p ... -o out.onnx`, process start to exit,
+   load and save included): `--no-verify` vs default;
+3. where one inline check's time goes (session creation, onnxruntime runs, the rest);
+4. with --peers: one model-vs-model check, graphopt.verify.compare vs Polygraphy's
+   Comparator (if installed), ResNet-50 vs itself after `clean,fuse`.
+Results go to benchmarks/results/verify.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import onnx
-from onnx import helper as h
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
 
 import graphopt  # noqa: E402
 from graphopt.testing import archs  # noqa: E402
+from graphopt.verify import runner as _runner  # noqa: E402
+
+from common import cpu_name, interleaved_median, markdown_table  # noqa: E402
 
 
-from common import cpu_name  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+def optimize_job(model: onnx.ModelProto, spec: str, verify: bool, examples: int, background: bool = False):
+    def job():
+        return graphopt.optimize(model, spec, verify=verify, return_report=True,
+                                 verify_options={"examples": examples, "background": background})
+    return job
 
 
-def with_dead_nodes(model: onnx.ModelProto, n: int = 4) -> onnx.ModelProto:
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    src = m.graph.node[len(m.graph.node) // 2].output[0]
-    for i in range(n):
-        m.graph.node.append(h.make_node("Relu", [src], [f"dead_{i}"], name=f"dead_{i}"))
-        src = f"dead_{i}"
-    return m
+def cli_job(path: Path, out: Path, spec: str, verify: bool, examples: int):
+    exe = Path(sys.executable).with_name("graphopt")
+    cmd = [str(exe) if exe.exists() else "graphopt", str(path), "-p", spec, "-o", str(out), "-q",
+           "--verify-examples", str(examples)] + ([] if verify else ["--no-verify"])
+
+    def job():
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    return job
 
 
-def time_pipeline(model: onnx.ModelProto, spec: str, verify: bool, examples: int) -> tuple[float, list]:
-    t0 = time.perf_counter()
-    _, report = graphopt.optimize(model, spec, verify=verify, verify_options={"examples": examples},
-                                  return_report=True)
-    dt = time.perf_counter() - t0
-    checks = [(r.name, r.extra.get("verify", {}).get("summary", "")) for r in report.records if r.changed]
-    return dt, checks
+def interleaved_wall_cpu(jobs: dict, runs: int, warmup: int = 1) -> dict:
+    """Like common.interleaved_median, but also the process CPU time (all threads) of
+    each job: on a shared machine wall time swings with the load, CPU time much less."""
+    times = {k: ([], []) for k in jobs}
+    for r in range(warmup + runs):
+        for k, job in jobs.items():
+            w0, c0 = time.perf_counter(), _cpu()
+            job()
+            if r >= warmup:
+                times[k][0].append(time.perf_counter() - w0)
+                times[k][1].append(_cpu() - c0)
+    return {k: (statistics.median(w), statistics.median(c)) for k, (w, c) in times.items()}
 
 
-def compare_peers(model: onnx.ModelProto, runs: int, examples: int) -> list:
+def _cpu() -> float:
+    """CPU seconds of this process (all threads) and of its finished children (CLI jobs)."""
+    t = os.times()
+    return time.process_time() + t.children_user + t.children_system
+
+
+def check_breakdown(model: onnx.ModelProto, spec: str, examples: int) -> tuple[list, list]:
+    """One inline run with the runner's session creation and runs timed."""
+    from graphopt.ir import Model
+
+    spent = {"sessions": [0, 0.0], "runs": [0, 0.0], "exports": [0, 0.0]}
+    init, run, export = _runner.Runner.__init__, _runner.Runner.run, Model.to_onnx
+
+    def timed_export(self):
+        t0 = time.perf_counter()
+        try:
+            return export(self)
+        finally:
+            spent["exports"][0] += 1
+            spent["exports"][1] += time.perf_counter() - t0
+
+    def timed_init(self, *a, **k):
+        t0 = time.perf_counter()
+        init(self, *a, **k)
+        spent["sessions"][0] += 1
+        spent["sessions"][1] += time.perf_counter() - t0
+
+    def timed_run(self, feeds, cache=True):
+        before = self.runs
+        t0 = time.perf_counter()
+        try:
+            return run(self, feeds, cache)
+        finally:
+            if self.runs != before:
+                spent["runs"][0] += 1
+                spent["runs"][1] += time.perf_counter() - t0
+
+    _runner.Runner.__init__, _runner.Runner.run, Model.to_onnx = timed_init, timed_run, timed_export
+    try:
+        _, report = optimize_job(model, spec, True, examples, background=False)()
+    finally:
+        _runner.Runner.__init__, _runner.Runner.run, Model.to_onnx = init, run, export
+    checks = [(r.name, r.extra["verify"]) for r in report.records if r.changed]
+    total = sum(v.get("seconds", 0.0) for _, v in checks)
+    rows = [
+        ("onnxruntime session creation", spent["sessions"][0], spent["sessions"][1]),
+        ("onnxruntime runs (graph optimizations off)", spent["runs"][0], spent["runs"][1]),
+        ("the rest (drawing inputs, digests, comparing, space probing)", "-",
+         max(0.0, total - spent["sessions"][1] - spent["runs"][1])),
+        ("all checks", len(checks), total),
+        ("model snapshots (Model.to_onnx, outside the checks; one is the pipeline's own final export)",
+         spent["exports"][0], spent["exports"][1]),
+    ]
+    return rows, checks
+
+
+def compare_peers(model: onnx.ModelProto, spec: str, runs: int, examples: int) -> dict:
     from graphopt.verify import compare
 
-    after = graphopt.optimize(model, "clean", verify=False)
-    tools = {"graphopt compare": lambda: compare(model, after, "float", examples=examples, threads=2).ok}
+    after = graphopt.optimize(model, spec, verify=False)
+    jobs = {"graphopt compare": lambda: _ok(compare(model, after, "float", examples=examples, threads=2).ok)}
     try:
         import onnxruntime as ort
         from polygraphy.backend.onnxrt import OnnxrtRunner
@@ -76,19 +151,17 @@ def compare_peers(model: onnx.ModelProto, runs: int, examples: int) -> list:
                 sessions.append(ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"]))
             runners = [OnnxrtRunner(s, name=f"m{i}") for i, s in enumerate(sessions)]
             results = Comparator.run(runners, data_loader=DataLoader(iterations=examples))
-            return bool(Comparator.compare_accuracy(results, compare_func=CompareFunc.simple(rtol=1e-4, atol=1e-6)))
+            _ok(bool(Comparator.compare_accuracy(results, compare_func=CompareFunc.simple(rtol=1e-4, atol=1e-4))))
 
-        tools["polygraphy Comparator"] = poly
+        jobs["polygraphy Comparator"] = poly
     except ImportError:
         print("polygraphy not installed: graphopt row only")
-    times = {k: [] for k in tools}
-    for _ in range(runs):
-        for k, fn in tools.items():
-            t0 = time.perf_counter()
-            ok = fn()
-            times[k].append(time.perf_counter() - t0)
-            assert ok, f"{k} reported a difference"
-    return [(k, statistics.median(v)) for k, v in times.items()]
+    return interleaved_median(jobs, runs=runs, warmup=1)
+
+
+def _ok(flag: bool) -> None:
+    if not flag:
+        raise AssertionError("reported a difference")
 
 
 def main() -> int:
@@ -97,47 +170,71 @@ def main() -> int:
     ap.add_argument("--pipeline", default="clean,fuse")
     ap.add_argument("--examples", type=int, default=8)
     ap.add_argument("--image", type=int, default=224)
+    ap.add_argument("--no-cli", action="store_true", help="skip the whole-CLI-job table")
+    ap.add_argument("--peers", action="store_true", help="add the one-check table against Polygraphy")
     args = ap.parse_args()
 
-    base = archs.resnet50(image=args.image)
-    models = {"resnet50": base, "resnet50+dead": with_dead_nodes(base)}
-    changed_passes = {}
-    rows = []
-    for label, model in models.items():
-        times = {True: [], False: []}
-        for _ in range(args.runs):
-            for verify in (True, False):
-                dt, checks = time_pipeline(model, args.pipeline, verify, args.examples)
-                times[verify].append(dt)
-                if verify:
-                    changed_passes[label] = checks
-        on, off = statistics.median(times[True]), statistics.median(times[False])
-        rows.append((label, off, on, on / off))
-    peer_rows = compare_peers(models["resnet50+dead"], args.runs, args.examples)
-    groups = graphopt.pipeline.groups()
-    fuse_members = ", ".join(groups["fuse"].members) if "fuse" in groups else "(no fuse group)"
+    model = archs.resnet50(image=args.image)
+    spec, n = args.pipeline, args.examples
+    jobs = {
+        "verification off": optimize_job(model, spec, False, n),
+        "on (default: each check inline)": optimize_job(model, spec, True, n),
+        "on, background=True (checks overlap the next passes)": optimize_job(model, spec, True, n, background=True),
+    }
+    api = interleaved_wall_cpu(jobs, runs=args.runs, warmup=1)
+    base_wall, base_cpu = api["verification off"]
     lines = [
         "# Verification cost",
         "",
-        f"CPU: {cpu_name()} ({len(__import__('os').sched_getaffinity(0))} cores); "
-        f"pipeline `{args.pipeline}` (fuse = [{fuse_members or 'empty'}]); "
-        f"{args.examples} examples per check; median of {args.runs} interleaved runs.",
+        f"CPU: {cpu_name()} ({len(os.sched_getaffinity(0))} cores, shared); model: ResNet-50 "
+        f"(archs.resnet50(image={args.image}), batch 1, BatchNorm not folded); pipeline `{spec}`; "
+        f"{n} examples per check (default); median of {args.runs} interleaved runs after a warm-up.",
         "",
-        "| model | without verify (s) | with verify (s) | ratio |",
-        "| --- | ---: | ---: | ---: |",
+        "Reproduce: `/tmp/venv/bin/python benchmarks/bench_verify.py --runs "
+        f"{args.runs}{' --no-cli' if args.no_cli else ''}{' --peers' if args.peers else ''}`",
+        "",
+        "## In-process: `graphopt.optimize(model, \"%s\")`" % spec,
+        "",
+        markdown_table(["verification", "wall (s)", "wall ratio", "CPU (s)", "CPU ratio"],
+                       [(k, w, f"{w / base_wall:.2f}x", c, f"{c / base_cpu:.2f}x") for k, (w, c) in api.items()]),
+        "",
+        f"Load average while measuring: {os.getloadavg()[0]:.1f} (2 cores shared with other jobs).",
+        "",
     ]
-    for label, off, on, ratio in rows:
-        lines.append(f"| {label} | {off:.2f} | {on:.2f} | {ratio:.2f}x |")
-    lines.append("")
-    if peer_rows:
-        lines += ["| one A-vs-B check, ResNet-50 | median (s) | ratio to graphopt |", "| --- | ---: | ---: |"]
-        base_t = peer_rows[0][1]
-        for label, t in peer_rows:
-            lines.append(f"| {label} | {t:.2f} | {t / base_t:.2f}x |")
-        lines.append("")
-    for label, checks in changed_passes.items():
-        lines.append(f"- {label}: passes that changed the model and were checked: "
-                     + (", ".join(f"{n} ({s})" for n, s in checks) or "none"))
+    if not args.no_cli:
+        with tempfile.TemporaryDirectory() as tmp:
+            src = Path(tmp) / "resnet50.onnx"
+            onnx.save(model, src)
+            cli = interleaved_wall_cpu({
+                "graphopt --no-verify": cli_job(src, Path(tmp) / "off.onnx", spec, False, n),
+                "graphopt (verification on)": cli_job(src, Path(tmp) / "on.onnx", spec, True, n),
+            }, runs=args.runs, warmup=1)
+        w0, c0 = cli["graphopt --no-verify"]
+        lines += [f"## Whole CLI job: `graphopt resnet50.onnx -p {spec} -o out.onnx` (process start to exit)", "",
+                  markdown_table(["job", "wall (s)", "wall ratio", "CPU (s)", "CPU ratio"],
+                                 [(k, w, f"{w / w0:.2f}x", c, f"{c / c0:.2f}x") for k, (w, c) in cli.items()]),
+                  ""]
+    rows, checks = check_breakdown(model, spec, n)
+    lines += ["## Where the checks' time goes (one inline run)", "",
+              markdown_table(["part", "count", "seconds"], rows), "",
+              "Hypothesis is not imported on this path: examples are drawn with a seeded numpy "
+              "generator; hypothesis only searches and shrinks after a failure.", "",
+              "Checked passes: " + "; ".join(
+                  f"{name} ({v['summary']}, {v['contract']}, {v['model_runs']} model runs)" for name, v in checks), ""]
+    runs, runs_s = rows[1][1], rows[1][2]
+    if runs:
+        lines += [f"Floor: {runs} inferences (each example through the model before and after the pass) took "
+                  f"{runs_s:.2f} s, {runs_s / runs * 1000:.0f} ms each, against {base_wall:.2f} s for the whole "
+                  f"pipeline without verification: these runs alone are {(base_wall + runs_s) / base_wall:.1f}x "
+                  "the pipeline, before any session is created. A ratio under 3x in-process would need fewer "
+                  "examples or cheaper inference than onnxruntime with graph optimizations off.", ""]
+    if args.peers:
+        peers = compare_peers(model, spec, args.runs, n)
+        first = next(iter(peers.values()))
+        lines += ["## One A-vs-B check, ResNet-50 before/after the pipeline", "",
+                  markdown_table(["tool", "median (s)"], [(k, v) for k, v in peers.items()],
+                                 ratio_of=1, baseline=first if isinstance(first, float) else None,
+                                 ratio_name="ratio to graphopt"), ""]
     text = "\n".join(lines) + "\n"
     print(text)
     out = HERE / "results" / "verify.md"

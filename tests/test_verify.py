@@ -468,3 +468,105 @@ def test_float_defaults_pass_conv_bn_folding_but_catch_a_dropped_bias():
     assert good.worst.error < good.worst.tolerance / 5  # comfortably inside the tolerance
     bad = compare(m, _fold_bn(m, drop_bias_of=20), "float", examples=4)
     assert not bad.ok, bad.summary
+
+
+# ------------------------------------------------------------ samples, lossy, scheduling
+
+
+def _clipped(lo: float, hi: float) -> onnx.ModelProto:
+    """conv_model with its input clipped to [lo, hi]: the same numbers on inputs inside
+    the range (like INT8 with a calibrated range), far off outside it."""
+    m = conv_model()
+    clip = h.make_node("Clip", ["x", "clip_lo", "clip_hi"], ["x_clipped"], name="clip")
+    m.graph.node[0].input[0] = "x_clipped"
+    m.graph.node.insert(0, clip)
+    m.graph.initializer.extend([nh.from_array(np.array(lo, np.float32), "clip_lo"),
+                                nh.from_array(np.array(hi, np.float32), "clip_hi")])
+    return m
+
+
+def test_lossy_budget_is_judged_on_real_samples_only():
+    samples = [{"x": np.random.default_rng(i).uniform(0, 1, (1, 3, 8, 8)).astype(np.float32)} for i in range(3)]
+    a, b = conv_model(), _clipped(0.0, 1.0)
+    # random draws (normal, large, negative...) fall outside the clip range: a lossy
+    # budget judged on them fails spuriously
+    drawn = compare(a, b, "lossy", budget={"rel_l2": 0.05}, examples=8)
+    assert not drawn.ok and drawn.worst.error > 0.05
+    # with real samples, the budget is judged on them alone
+    res = compare(a, b, "lossy", budget={"rel_l2": 0.05}, examples=8, samples=samples)
+    assert res.ok and res.examples == 3 and res.samples_used == 3, res.summary
+    assert any("real sample" in n for n in res.notes)
+    # ...and still catches a pass that is wrong on them
+    bad = compare(a, _clipped(0.0, 0.5), "lossy", budget={"rel_l2": 0.05}, examples=8, samples=samples)
+    assert not bad.ok and bad.counterexample_text.startswith("real sample") and bad.worst.error > 0.05
+    # exact/float contracts: samples first, then random draws (which catch the clip)
+    flt = compare(a, b, "float", examples=8, samples=samples)
+    assert not flt.ok and flt.samples_used == 3 and not flt.counterexample_text.startswith("real sample")
+    assert flt.counterexample["x"].shape == (1, 3, 1, 1)  # a drawn input, shrunk
+
+
+def test_lossy_pass_in_a_pipeline_is_judged_on_the_context_samples(tmp_path):
+    @register_pass("test-lossy-clip", replace=True)
+    class ClipInput(Pass):
+        """clips the input to [0, 1] (a stand-in for a calibrated INT8 pass)"""
+
+        contract = "lossy"
+        budget = {"rel_l2": 0.05}
+
+        def run(self, model, ctx):
+            model.replace_with(Model.from_onnx(_clipped(0.0, 1.0)))
+            return PassResult(True)
+
+    samples = [{"x": np.random.default_rng(i).uniform(0, 1, (1, 3, 8, 8)).astype(np.float32)} for i in range(2)]
+    try:
+        for background in (True, False):
+            opts = {"repro_dir": str(tmp_path), "background": background}
+            _, report = graphopt.optimize(conv_model(), "test-lossy-clip", samples=samples,
+                                          verify_options=opts, return_report=True)
+            v = report.records[0].extra["verify"]
+            assert v["status"] == "ok" and v["examples"] == 2 and v["samples"] == 2, v
+            with pytest.raises(VerificationError, match="test-lossy-clip"):
+                graphopt.optimize(conv_model(), "test-lossy-clip", verify_options=opts)
+    finally:
+        _pipeline._PASSES.pop("test-lossy-clip", None)
+
+
+def test_draws_are_seeded_and_start_simple():
+    space = InputSpace.from_model(conv_model())
+    one, again = space.draw(6, seed=3), space.draw(9, seed=3)
+    assert [e.same_as(f) for e, f in zip(one, again)] == [True] * 6   # a prefix of a longer draw
+    assert not one[1].same_as(space.draw(6, seed=4)[1])
+    assert one[0].recipe["x"] == ("normal", 0) and set(one[0].dims.values()) == {1}
+    assert one[1].dims == {k: hi for k, (_, hi) in space.dim_ranges.items()}
+    assert len({e.recipe["x"] for e in one}) == 6
+
+
+def test_background_and_inline_checks_agree(bad_passes, tmp_path):
+    _register_identity()
+    try:
+        seen = []
+        for background in (True, False):
+            _, report = graphopt.optimize(conv_model(), ["test-good-identity", "dce", "test-good-identity"],
+                                          verify_options={"background": background}, return_report=True)
+            seen.append([(r.extra["verify"]["status"], r.extra["verify"]["summary"],
+                          r.extra["verify"].get("model_runs")) for r in report.records])
+            # a failure in the middle names the failing pass; nothing is returned
+            with pytest.raises(VerificationError, match="test-bad-flip-sign") as e:
+                graphopt.optimize(conv_model(), ["test-good-identity", "test-bad-flip-sign", "test-good-identity"],
+                                  verify_options={"background": background, "repro_dir": str(tmp_path / str(background))})
+            assert "x[1, 3, 1, 1]" in str(e.value)  # shrunk
+        assert seen[0] == seen[1], seen
+        assert seen[0][0][2] >= 15 and seen[0][2][2] == 8
+    finally:
+        _pipeline._PASSES.pop("test-good-identity", None)
+
+
+def test_models_without_random_ops_skip_the_determinism_rerun():
+    from graphopt.verify.compare import may_be_random
+
+    assert not may_be_random(conv_model()) and not may_be_random(transformerish())
+    g = h.make_graph([h.make_node("RandomNormalLike", ["x"], ["r"]), h.make_node("Add", ["x", "r"], ["y"])], "g",
+                     [h.make_tensor_value_info("x", T.FLOAT, [2, 3])], [h.make_tensor_value_info("y", T.FLOAT, [2, 3])])
+    assert may_be_random(h.make_model(g, opset_imports=[h.make_opsetid("", 17)]))
+    res = compare(conv_model(), conv_model(), "exact", examples=8)
+    assert res.ok and res.model_runs == 16, res.model_runs  # 8 examples x 2 models, the probe is example 1

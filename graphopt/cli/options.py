@@ -76,7 +76,8 @@ def context_from_args(args: argparse.Namespace) -> PassContext:
         input_ranges=dict(parse_range(r) for r in args.input_range),
         samples=load_samples(args.samples) if args.samples else None,
         seed=args.seed,
-        budget=dict(parse_budget(b) for b in getattr(args, "budget", [])),
+        # `graphopt verify` parses --budget itself (argparse type): tuples already
+        budget=dict(b if isinstance(b, tuple) else parse_budget(b) for b in getattr(args, "budget", [])),
     )
 
 

@@ -1,9 +1,11 @@
-"""Input spaces: what values a model's graph inputs may take, as hypothesis strategies.
+"""Input spaces: what values a model's graph inputs may take.
 
-A draw is a small *recipe* (symbolic dim values, and per input a value kind, a scale and
-a seed); the arrays are made from it with numpy. Hypothesis shrinks the recipe: smaller
-dims, the simplest value kind, seed 0 — so a shrunk counterexample has small shapes and
-plain values, and drawing stays fast even for 224x224 images.
+A draw is a small *recipe* (symbolic dim values, and per input a value kind and a seed);
+the arrays are made from it with numpy, so drawing stays fast even for 224x224 images.
+Checks draw recipes directly with a seeded generator (InputSpace.draw). When one fails,
+hypothesis searches the recipe space (InputSpace.strategy) and shrinks a failure: smaller
+dims, the simplest value kind, seed 0 -- so a shrunk counterexample has small shapes and
+plain values.
 """
 
 from __future__ import annotations
@@ -14,8 +16,6 @@ from typing import Any
 
 import numpy as np
 import onnx
-from hypothesis import strategies as st
-
 from ..errors import GraphoptError
 
 log = logging.getLogger(__name__)
@@ -287,18 +287,47 @@ class InputSpace:
             self.dim_ranges[k] = (lo, max(lo, (lo + hi) // 2 if hi - lo > 1 else lo))
 
     # -- strategy -----------------------------------------------------------------------
-    def strategy(self) -> st.SearchStrategy:
+    def strategy(self):
+        """A hypothesis strategy over recipes (hypothesis is imported only when needed:
+        to search and shrink after a failure)."""
+        from hypothesis import strategies as st
+
         dim_names = sorted(self.dim_ranges)
         dims_st = st.fixed_dictionaries(
             {k: st.integers(*self.dim_ranges[k]) for k in dim_names})
         per_input = {}
         for s in self.specs:
-            kinds = {"float": FLOAT_KINDS, "int": INT_KINDS, "bool": BOOL_KINDS}[s.kind]
-            if s.float_range is not None:
-                kinds = ("uniform", "low", "high")
-            per_input[s.name] = st.tuples(st.sampled_from(kinds), st.integers(0, 2**32 - 1))
+            per_input[s.name] = st.tuples(st.sampled_from(self.kinds(s)), st.integers(0, 2**32 - 1))
         recipe = st.tuples(dims_st, st.fixed_dictionaries(per_input))
         return recipe.map(lambda r: Example(r[0], r[1], self))
+
+    def kinds(self, s: InputSpec) -> tuple[str, ...]:
+        if s.float_range is not None:
+            return ("uniform", "low", "high")
+        return {"float": FLOAT_KINDS, "int": INT_KINDS, "bool": BOOL_KINDS}[s.kind]
+
+    def draw(self, n: int, seed: int) -> list["Example"]:
+        """`n` examples drawn directly with a seeded generator (the same ones for the
+        same space and seed, so a later check finds them in the runner's cache).
+
+        The first is the simplest (every symbolic dim at its lower bound, the first value
+        kind, seed 0: what probing already ran), the second has every dim at its upper
+        bound, the rest are uniform over dims, value kinds and seeds. No hypothesis
+        machinery on this path: it is only needed to shrink a failure."""
+        rng = np.random.default_rng([seed, 0x6772617068])
+        names = sorted(self.dim_ranges)
+        out: list[Example] = []
+        for i in range(n):
+            if i == 0:
+                dims = {k: self.dim_ranges[k][0] for k in names}
+                recipe = {s.name: (self.kinds(s)[0], 0) for s in self.specs}
+            else:
+                dims = {k: (self.dim_ranges[k][1] if i == 1 else int(rng.integers(lo, hi + 1)))
+                        for k in names for lo, hi in [self.dim_ranges[k]]}
+                recipe = {s.name: (self.kinds(s)[int(rng.integers(len(self.kinds(s))))],
+                                   int(rng.integers(0, 2**32))) for s in self.specs}
+            out.append(Example(dims, recipe, self))
+        return out
 
     def from_sample(self, sample: dict[str, np.ndarray]) -> "Example":
         feeds = {}

@@ -1,10 +1,34 @@
 """The verification instrument: after every pass that changed the graph, check the
-model against its state before the pass, under the pass's contract."""
+model against its state before the pass, under the pass's contract.
+
+Scheduling: by default each check finishes before the next pass starts. With
+background=True and on_fail="abort", a check runs on a worker thread while the next
+passes run on the main thread (onnxruntime releases the GIL): checks run one at a time,
+in pipeline order, each comparing the model just before and just after one pass under
+that pass's own contract; a failure is raised -- naming the pass, with its shrunk
+counterexample and reproducer -- at the next pass boundary, and at the latest when the
+pipeline ends, so a failed pipeline never returns or writes a model. It is off by
+default: on the 2-core benchmark machine it gained nothing measurable (the overlap is
+bounded by the passes' own time, a tenth of the checks'); see
+benchmarks/results/verify.md.
+
+Evaluated and not done: building the input model's reference ahead, while the first
+passes run (it can only hide the passes' own time, and costs a session creation in a
+pipeline where no pass changes anything: `-p clean` on ResNet-50 went from 0.05 to 0.2 s);
+batching all examples into one onnxruntime call (ResNet-50, batch dim free: one batch-8
+run took longer than eight batch-1 runs); running the two models concurrently on one
+thread each (no faster than one after the other on two threads); checking a group of
+passes at once and bisecting on failure (a pass would no longer be judged alone under
+its own contract, and compensating mistakes would pass unnoticed).
+"""
 
 from __future__ import annotations
 
 import logging
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import onnx
 
@@ -28,23 +52,40 @@ class _Snapshot:
         self.runner = runner
 
 
+class _Check:
+    """One queued check: pass `p` turned `before` into `after`."""
+
+    def __init__(self, p: Pass, before: _Snapshot, after: _Snapshot, contract: Contract,
+                 record: PassRecord, ctx: PassContext, model: Model | None) -> None:
+        self.p, self.before, self.after, self.contract = p, before, after, contract
+        self.record, self.model = record, model
+        # what the check reads from the context, as it was when the pass ran
+        self.shapes, self.ranges, self.samples = ctx.input_shapes, ctx.input_ranges, ctx.samples
+        self.result: CompareResult | None = None
+
+
 class VerifyInstrument(Instrument):
     """Checks every pass that changed the model (on by default).
 
     on_fail: "abort" raises VerificationError; "revert" restores the model as it was
         before the pass and goes on.
-    seed, examples: drawn inputs per check (real samples from the PassContext first).
+    seed, examples: drawn inputs per check (real samples from the PassContext first;
+        under a lossy contract, only the real samples when there are any).
         Every check draws the same inputs (for one seed), so the reference outputs of a
         check are the previous check's already-computed outputs.
     repro_dir: where a failure's reproducer folder is written.
     shrink_seconds: time bound for shrinking a counterexample.
     rtol, atol: the float contract's tolerances (defaults in graphopt.verify.contracts).
+    threads: onnxruntime intra-op threads per session.
+    background: with on_fail="abort", run each check on a worker thread, overlapping
+        the next passes (module doc).
     """
 
     def __init__(
         self, on_fail: str = "abort", seed: int = 0, examples: int = DEFAULT_EXAMPLES,
         repro_dir: str = "graphopt-repro", shrink_seconds: float = SHRINK_SECONDS,
         rtol: float | None = None, atol: float | None = None, threads: int = 2,
+        background: bool = False,
     ) -> None:
         if on_fail not in ("abort", "revert"):
             raise ValueError("on_fail must be 'abort' or 'revert'")
@@ -57,34 +98,66 @@ class VerifyInstrument(Instrument):
         self.shrink_seconds = shrink_seconds
         self.rtol, self.atol = rtol, atol
         self.threads = threads
+        self.background = background
         self.failures: list[CompareResult] = []
         self.checks = 0
         self._snap: _Snapshot | None = None
         self._space: InputSpace | None = None
         self._space_key = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: list[Future] = []
+        self._error: BaseException | None = None
+        self._lock = threading.Lock()
 
+    # -- hooks ----------------------------------------------------------------------------
     def before_pipeline(self, model: Model, ctx: PassContext) -> None:
+        self._finish(raise_error=False)
         self._snap = None
         self._space = None
+        self._space_key = None
+        self._error = None
 
     def before_pass(self, p: Pass, model: Model, ctx: PassContext) -> None:
+        self._raise_if_failed()
         if self._snap is None:
             self._snap = _Snapshot(model.to_onnx())
 
     def after_pass(self, p: Pass, model: Model, ctx: PassContext, record: PassRecord) -> str | None:
+        self._raise_if_failed()
         if not record.changed:
             record.extra["verify"] = {"status": "unchanged", "summary": ""}
             return None
         before = self._snap
         assert before is not None, "before_pass was not called"
-        after = model.to_onnx()
         contract = Contract(p.contract, budget=dict(getattr(p, "budget", None) or {}),
                             **{k: v for k, v in (("rtol", self.rtol), ("atol", self.atol)) if v is not None})
         self.checks += 1
+        if self.background and self.on_fail == "abort":
+            job = _Check(p, before, _Snapshot(model.to_onnx()), contract, record, ctx, None)
+            record.extra["verify"] = {"status": "pending", "summary": ""}
+            self._snap = job.after   # if this check fails, the pipeline stops anyway
+            self._submit(self._run_check, job)
+            return None
+        self._wait()  # checks still running (none unless `background` was switched midway)
+        job = _Check(p, before, _Snapshot(model.to_onnx()), contract, record, ctx, model)
+        self._snap = job.after   # back to `before` if the check fails and the pass is reverted
+        return self._run_check(job)
+
+    def after_pipeline(self, model: Model, ctx: PassContext, report: Report) -> None:
+        self._finish(raise_error=True)
+        report.extra["verify"] = {"checks": self.checks, "failures": len(self.failures)}
+        self._snap = None
+
+    # -- the checks ---------------------------------------------------------------------------
+    def _run_check(self, job: _Check) -> str | None:
+        if self._error is not None:  # an earlier check failed: the pipeline is stopping
+            job.record.extra["verify"] = {"status": "skipped", "summary": "skipped: an earlier check failed"}
+            return None
+        p, before, after, contract, record = job.p, job.before, job.after, job.contract, job.record
         try:
             result = compare(
-                before.proto, after, contract, examples=self.examples, seed=self.seed,
-                input_shapes=ctx.input_shapes, input_ranges=ctx.input_ranges, samples=ctx.samples,
+                before.proto, after.proto, contract, examples=self.examples, seed=self.seed,
+                input_shapes=job.shapes, input_ranges=job.ranges, samples=job.samples,
                 shrink_seconds=self.shrink_seconds, runner_a=before.runner,
                 space=self._space_for(before.proto), threads=self.threads,
             )
@@ -92,6 +165,7 @@ class VerifyInstrument(Instrument):
             result = CompareResult(ok=False, contract=contract)
             result.worst = OutputCheck("(signature)", False, float("inf"), 0.0, "crash", str(e))
             result.counterexample_text = "no input (the signature changed)"
+        job.result = result
         if result.runner_a is not None:
             before.runner = result.runner_a
         if result.space is not None:
@@ -99,35 +173,74 @@ class VerifyInstrument(Instrument):
         record.extra["verify"] = result.as_dict()
         if result.skipped:
             log.warning("pass '%s': verification skipped: %s", p.name, result.reason)
-            self._snap = _Snapshot(after)
             return None
         if result.ok:
             log.info("pass '%s' verified: %s", p.name, result.summary)
-            self._snap = _Snapshot(after, result.runner_b)
+            after.runner = result.runner_b
             return None
-        self.failures.append(result)
-        folder = Path(self.repro_dir) / f"{len(self.failures):02d}-{p.name}"
+        with self._lock:
+            self.failures.append(result)
+            n = len(self.failures)
+        folder = Path(self.repro_dir) / f"{n:02d}-{p.name}"
         try:
-            save_repro(folder, before.proto, after, result, title=f"pass '{p.name}' ({p!r}) failed verification")
+            save_repro(folder, before.proto, after.proto, result, title=f"pass '{p.name}' ({p!r}) failed verification")
             record.extra["verify"]["repro"] = str(folder)
         except OSError as e:
             log.warning("could not save the reproducer to %s: %s", folder, e)
         msg = result.message(f"pass '{p.name}' changed what the model computes")
-        if self.on_fail == "abort":
+        if self.on_fail == "abort" or job.model is None:
             raise VerificationError(msg)
         log.warning("%s; reverted it", msg)
-        model.replace_with(Model.from_onnx(before.proto))
+        job.model.replace_with(Model.from_onnx(before.proto))
+        self._snap = before
         record.extra["verify"]["summary"] = result.summary
         return "revert"
 
     def _space_for(self, proto: onnx.ModelProto) -> InputSpace | None:
-        key = [(i.name, i.type.SerializeToString()) for i in proto.graph.input]
+        key = _space_key(proto)
         if self._space is not None and key == self._space_key:
             return self._space
         self._space_key = key
         self._space = None
         return None
 
-    def after_pipeline(self, model: Model, ctx: PassContext, report: Report) -> None:
-        report.extra["verify"] = {"checks": self.checks, "failures": len(self.failures)}
-        self._snap = None
+    # -- the worker ---------------------------------------------------------------------------
+    def _submit(self, fn, *args: Any) -> None:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="graphopt-verify")
+        fut = self._pool.submit(fn, *args)
+        fut.add_done_callback(self._collect)
+        self._pending.append(fut)
+
+    def _collect(self, fut: Future) -> None:
+        e = fut.exception()
+        if e is not None:
+            with self._lock:
+                if self._error is None:
+                    self._error = e
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            self._finish(raise_error=True)
+
+    def _wait(self) -> None:
+        for fut in self._pending:
+            fut.exception()  # waits; errors are collected by _collect
+        self._pending = [f for f in self._pending if not f.done()]
+        self._raise_if_failed()
+
+    def _finish(self, raise_error: bool) -> None:
+        """Wait for the worker and raise the first failure."""
+        for fut in self._pending:
+            fut.exception()
+        self._pending = []
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        err, self._error = self._error, None
+        if raise_error and err is not None:
+            raise err
+
+
+def _space_key(proto: onnx.ModelProto) -> list:
+    return [(i.name, i.type.SerializeToString()) for i in proto.graph.input]
