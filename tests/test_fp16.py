@@ -106,3 +106,18 @@ def test_bisect_finds_culprits_in_few_runs():
 
     assert _bisect_block(names, err, 0.1) == bad
     assert len(calls) < 30  # one run per node would be 64
+
+
+def test_fp16_reports_measured_latency_ratio():
+    import onnx as _onnx
+
+    from graphopt import PassContext
+    from graphopt.ir import Model
+    from graphopt.pipeline import get_pass
+    from conftest import MODELS
+
+    m = _onnx.load(str(MODELS / "digits_cnn.onnx"))
+    res = get_pass("fp16")().run(Model.from_onnx(m), PassContext())
+    assert isinstance(res.stats["latency_ratio"], float) and res.stats["latency_ratio"] > 0
+    res = get_pass("fp16")(measure=False).run(Model.from_onnx(m), PassContext())
+    assert "latency_ratio" not in res.stats
