@@ -6,11 +6,16 @@
   destination and is renamed into place only when complete.
 * Models whose weights do not fit in one protobuf (2 GB) are written with external
   data automatically.
+* Large models are cheap to move through: the input is memory-mapped and parsed (not
+  read into a bytes object first), and the output is encoded and written piece by piece
+  (`write_model`) instead of through one SerializeToString of the whole model; the
+  written bytes are identical to SerializeToString's.
 """
 
 from __future__ import annotations
 
 import logging
+import mmap
 import os
 import shutil
 import tempfile
@@ -105,19 +110,12 @@ def load_with_sources(
         raise GraphoptError(f"{path}: no such file")
     if path.is_dir():
         raise GraphoptError(f"{path}: is a directory, expected an .onnx file")
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise GraphoptError(f"{path}: cannot read: {e.strerror}") from e
-    if not data:
-        raise GraphoptError(f"{path}: empty file, not an ONNX model")
     model = onnx.ModelProto()
     try:
-        model.ParseFromString(data)
-    except (DecodeError, RuntimeError, ValueError) as e:
-        raise GraphoptError(f"{path}: not a valid ONNX model (truncated or not protobuf)") from e
-    del data
+        with open(path, "rb") as f:
+            _parse_file(f, model, path)
+    except OSError as e:
+        raise GraphoptError(f"{path}: cannot read: {e.strerror}") from e
     if not model.HasField("graph") or (not model.graph.node and not model.graph.output):
         raise GraphoptError(f"{path}: not an ONNX model (no graph)")
     if not model.opset_import and model.ir_version >= 3:
@@ -127,6 +125,29 @@ def load_with_sources(
     if files and load_external_data:
         onnx.external_data_helper.load_external_data_for_model(model, str(base_dir))
     return model, {path.resolve(), *files}
+
+
+def _parse_file(f, model: onnx.ModelProto, path: Path) -> None:
+    """Parse an open model file into `model`. The file is memory-mapped rather than read
+    (protobuf copies what it keeps either way; reading first would copy the whole file
+    into a bytes object too, which costs as much as parsing on large models)."""
+    data = None
+    try:
+        buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    except (OSError, ValueError):  # empty file, pipe, or a file system without mmap
+        buf = None
+        data = f.read()
+    try:
+        if buf is None and not data:
+            raise GraphoptError(f"{path}: empty file, not an ONNX model")
+        with memoryview(buf if buf is not None else data) as view:
+            try:
+                model.ParseFromString(view)
+            except (DecodeError, RuntimeError, ValueError, TypeError) as e:
+                raise GraphoptError(f"{path}: not a valid ONNX model (truncated or not protobuf)") from e
+    finally:
+        if buf is not None:
+            buf.close()
 
 
 def model_byte_size(model: onnx.ModelProto) -> int:
@@ -211,7 +232,7 @@ def save(
             onnx.external_data_helper.load_external_data_for_model(model, str(tmpdir))
         else:
             with open(tmp_model, "wb") as f:
-                f.write(model.SerializeToString())
+                write_model(model, f)
         if external_data:
             os.replace(tmpdir / data_name, directory / data_name)
         os.replace(tmp_model, path)
@@ -222,3 +243,204 @@ def save(
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
     return path
+
+
+# -- streamed serialization -------------------------------------------------------------
+#
+# `model.SerializeToString()` encodes the whole model into one growing buffer and copies
+# it into a bytes object: for a model of hundreds of MB that costs more than reading and
+# parsing it. Protobuf's wire format is a concatenation of field encodings, so the same
+# bytes can be produced piece by piece: the small fields of ModelProto and GraphProto
+# through small messages, and every node and initializer on its own, each written as
+# soon as it is encoded. Fields are emitted in field-number order, which is the order
+# SerializeToString uses, so the file is byte-identical to it.
+
+# Repeated message fields written element by element, and singular message fields
+# written as their own pieces (recursively), by (message type, field name).
+_STREAM_REPEATED = {("onnx.GraphProto", "node"), ("onnx.GraphProto", "initializer")}
+_STREAM_SINGULAR = {("onnx.ModelProto", "graph")}
+_KEEP_BYTES = 1 << 20  # elements up to this size are kept encoded between the two passes
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def _key(number: int) -> bytes:
+    return _varint((number << 3) | 2)  # wire type 2: length-delimited
+
+
+class _Deferred:
+    """A large element: its encoded length is known; it is encoded again when written."""
+
+    __slots__ = ("message", "size")
+
+    def __init__(self, message, size: int) -> None:
+        self.message = message
+        self.size = size
+
+
+class _RawTensor:
+    """A large initializer written as its fields before raw_data, then raw_data read
+    straight from the message (one copy, instead of encoding the tensor into a buffer
+    and copying that into a bytes object), then its fields after raw_data."""
+
+    __slots__ = ("after", "before", "nbytes", "size", "tensor")
+
+    def __init__(self, tensor: onnx.TensorProto, before: bytes, after: bytes, nbytes: int) -> None:
+        self.tensor, self.before, self.after, self.nbytes = tensor, before, after, nbytes
+        self.size = len(before) + len(_RAW_KEY) + len(_varint(nbytes)) + nbytes + len(after)
+
+
+class _SizeMismatch(Exception):
+    """A tensor's raw_data is not as long as its shape and type say: encode it plainly."""
+
+
+_RAW_FIELD = onnx.TensorProto.DESCRIPTOR.fields_by_name["raw_data"].number
+_RAW_KEY = _key(_RAW_FIELD)
+
+
+def _raw_piece(t: onnx.TensorProto) -> _RawTensor | None:
+    if t.data_location == onnx.TensorProto.EXTERNAL or not t.HasField("raw_data"):
+        return None
+    try:
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+    except (KeyError, TypeError, ValueError):
+        return None
+    n = itemsize
+    for d in t.dims:
+        n *= d
+    if not itemsize or n <= _KEEP_BYTES or _has_unknown_fields(t):
+        return None
+    before, after = onnx.TensorProto(), onnx.TensorProto()
+    for fd, value in t.ListFields():
+        if fd.number == _RAW_FIELD:
+            continue
+        target = before if fd.number < _RAW_FIELD else after
+        repeated = fd.is_repeated if hasattr(fd, "is_repeated") else fd.label == fd.LABEL_REPEATED
+        if repeated:
+            getattr(target, fd.name).extend(value)
+        elif fd.message_type is not None:
+            getattr(target, fd.name).CopyFrom(value)
+        else:
+            setattr(target, fd.name, value)
+    return _RawTensor(t, before.SerializeToString(), after.SerializeToString(), n)
+
+
+def _has_unknown_fields(msg) -> bool:
+    try:
+        from google.protobuf.unknown_fields import UnknownFieldSet
+
+        return len(UnknownFieldSet(msg)) > 0
+    except Exception:  # noqa: BLE001 - an older protobuf: assume none
+        return False
+
+
+def _plan(msg) -> tuple[list, int]:
+    """The pieces (bytes or _Deferred) whose concatenation is msg's encoding, and its length."""
+    pieces: list = []
+    total = 0
+    small = None
+    name = msg.DESCRIPTOR.full_name
+
+    def flush() -> None:
+        nonlocal small, total
+        if small is not None:
+            data = small.SerializeToString()
+            pieces.append(data)
+            total += len(data)
+            small = None
+
+    for fd, value in sorted(msg.ListFields(), key=lambda fv: fv[0].number):
+        key = (name, fd.name)
+        if key in _STREAM_SINGULAR:
+            flush()
+            sub, n = _plan(value)
+            head = _key(fd.number) + _varint(n)
+            pieces.append(head)
+            pieces.extend(sub)
+            total += len(head) + n
+        elif key in _STREAM_REPEATED:
+            flush()
+            for elem in value:
+                raw = _raw_piece(elem) if fd.name == "initializer" else None
+                if raw is not None:
+                    head = _key(fd.number) + _varint(raw.size)
+                    pieces.append(head)
+                    pieces.append(raw)
+                    total += len(head) + raw.size
+                    continue
+                data = elem.SerializeToString()
+                head = _key(fd.number) + _varint(len(data))
+                if len(data) > _KEEP_BYTES:
+                    pieces.append(head)
+                    pieces.append(_Deferred(elem, len(data)))
+                else:
+                    pieces.append(head + data)
+                total += len(head) + len(data)
+        else:
+            if small is None:
+                small = type(msg)()
+            target = getattr(small, fd.name)
+            repeated = fd.is_repeated if hasattr(fd, "is_repeated") else fd.label == fd.LABEL_REPEATED
+            if repeated:
+                target.extend(value)
+            elif fd.message_type is not None:
+                target.CopyFrom(value)
+            else:
+                setattr(small, fd.name, value)
+    flush()
+    return pieces, total
+
+
+def write_model(model: onnx.ModelProto, f) -> int:
+    """Write `model`'s protobuf encoding to the binary file `f` without building the whole
+    encoding in memory (see above); the bytes equal model.SerializeToString(). Raises
+    ValueError when the model is over protobuf's 2 GB limit. Returns the bytes written."""
+    if _has_unknown_fields(model) or _has_unknown_fields(model.graph):
+        data = model.SerializeToString()
+        f.write(data)
+        return len(data)
+    pieces, total = _plan(model)
+    if total > PROTOBUF_LIMIT:
+        raise ValueError(f"Message onnx.ModelProto exceeds maximum protobuf size of 2GB: {total}")
+    start = f.tell()
+    try:
+        _write_pieces(pieces, f)
+    except _SizeMismatch:
+        # a raw_data length that disagrees with its tensor's shape: encode the model plainly
+        f.seek(start)
+        f.truncate()
+        data = model.SerializeToString()
+        f.write(data)
+        return len(data)
+    return total
+
+
+def _write_pieces(pieces: list, f) -> None:
+    for piece in pieces:
+        if isinstance(piece, _RawTensor):
+            raw = piece.tensor.raw_data
+            if len(raw) != piece.nbytes:
+                raise _SizeMismatch
+            f.write(piece.before)
+            f.write(_RAW_KEY + _varint(len(raw)))
+            f.write(raw)
+            del raw
+            f.write(piece.after)
+        elif isinstance(piece, _Deferred):
+            data = piece.message.SerializeToString()
+            if len(data) != piece.size:  # pragma: no cover - protobuf encodings are deterministic
+                raise ValueError(f"tensor '{piece.message.name}' changed while being written")
+            f.write(data)
+            del data
+        else:
+            f.write(piece)

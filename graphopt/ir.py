@@ -255,12 +255,14 @@ def iter_nodes(graph: gs.Graph) -> Iterator[gs.Node]:
 
 
 def iter_constants(graph: gs.Graph) -> Iterator[gs.Constant]:
+    """Every constant the graph and its subgraphs use (node inputs, graph outputs), once."""
     seen = set()
     for g in iter_graphs(graph):
-        for t in g.tensors().values():
-            if isinstance(t, gs.Constant) and id(t) not in seen:
-                seen.add(id(t))
-                yield t
+        for tensors in [g.outputs, g.inputs] + [n.inputs for n in g.nodes]:
+            for t in tensors:
+                if isinstance(t, gs.Constant) and id(t) not in seen:
+                    seen.add(id(t))
+                    yield t
 
 
 def constant_nbytes(t: gs.Constant) -> int:
@@ -453,9 +455,57 @@ def _check_proto_acyclic(graph: onnx.GraphProto) -> None:
 
 
 def toposort(graph: gs.Graph) -> None:
-    check_acyclic(graph)
-    for g in iter_graphs(graph):
-        g.toposort(recurse_subgraphs=False)
+    """Sort the graph and every subgraph; GraphoptError on a cycle."""
+    for g in list(iter_graphs(graph)):
+        sort_nodes(g)
+
+
+def sort_nodes(graph: gs.Graph) -> None:
+    """Topologically sort one graph's nodes in place (not its subgraphs), keeping the
+    current order wherever it is already valid. A node holding subgraphs depends on the
+    producers of the outer tensors those subgraphs read. Inputs produced nowhere in this
+    graph (graph inputs, constants, enclosing scopes) are available from the start.
+    Raises GraphoptError on a cycle. Linear-time apart from the heap; gs's own toposort
+    is several times slower on models of a thousand nodes."""
+    import heapq
+
+    nodes = graph.nodes
+    producer: dict[str, int] = {}
+    for i, node in enumerate(nodes):
+        for t in node.outputs:
+            if t.name:
+                producer[t.name] = i
+    indeg = [0] * len(nodes)
+    users: list[list[int]] = [[] for _ in nodes]
+    for i, node in enumerate(nodes):
+        deps = set()
+        for t in node.inputs:
+            j = producer.get(t.name) if t.name and not isinstance(t, gs.Constant) else None
+            if j is not None:
+                deps.add(j)
+        for sub in subgraphs_of(node):
+            for name in outer_names_used(sub):
+                j = producer.get(name)
+                if j is not None:
+                    deps.add(j)
+        for j in deps:
+            users[j].append(i)
+        indeg[i] = len(deps)
+    ready = [i for i, d in enumerate(indeg) if d == 0]
+    heapq.heapify(ready)
+    order: list[int] = []
+    while ready:
+        i = heapq.heappop(ready)
+        order.append(i)
+        for k in users[i]:
+            indeg[k] -= 1
+            if indeg[k] == 0:
+                heapq.heappush(ready, k)
+    if len(order) != len(nodes):
+        stuck = next(nodes[i] for i, d in enumerate(indeg) if d > 0)
+        raise GraphoptError(f"invalid graph: cycle through node '{stuck.name or stuck.op}'")
+    if order != list(range(len(nodes))):
+        graph.nodes = [nodes[i] for i in order]
 
 
 def all_names(graph: gs.Graph) -> set[str]:

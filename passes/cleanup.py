@@ -23,9 +23,12 @@ import logging
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+from onnx_graphsurgeon.ir.tensor import LazyValues
 
 from graphopt import Model, Option, Pass, PassContext, PassResult, register_group, register_pass
-from graphopt.ir import const_value, iter_graphs, outer_names_used, replace_all_uses, subgraphs_of
+from graphopt.errors import GraphoptError
+from graphopt.ir import (const_value, iter_graphs, outer_names_used, replace_all_uses, sort_nodes,
+                          subgraphs_of)
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +58,8 @@ def _dce(graph: gs.Graph) -> int:
     live_nodes: set[int] = set()
     # Walk in reverse topological order; the graph may be unsorted, so sort first.
     try:
-        graph.toposort(recurse_subgraphs=False)
-    except Exception:  # pragma: no cover - cyclic graphs are rejected elsewhere
+        sort_nodes(graph)
+    except GraphoptError:  # pragma: no cover - cyclic graphs are rejected elsewhere
         pass
     for node in reversed(graph.nodes):
         if any(t.name in live_names for t in node.outputs):
@@ -114,6 +117,8 @@ def _same_type_and_shape(a: gs.Tensor, b: gs.Tensor) -> bool:
 
 
 def _scalar_all(t: gs.Tensor, value: float) -> bool:
+    if isinstance(t, gs.Constant) and int(np.prod(t.shape, dtype=np.int64)) > 4096:
+        return False  # do not load a large weight's values just to look at them
     v = const_value(t)
     if v is None or v.size == 0 or v.size > 4096:
         return False
@@ -262,7 +267,7 @@ class FoldConstants(Pass):
                 const_names[t.name] = t
         derived: set[str] = set()  # outputs of candidate nodes
         cands: list[gs.Node] = []
-        graph.toposort(recurse_subgraphs=False)
+        sort_nodes(graph)
         for node in graph.nodes:
             if (node.domain or "") not in ("", "ai.onnx") or node.op in RANDOM_OPS or subgraphs_of(node):
                 continue
@@ -386,42 +391,86 @@ def _dedup_constants(graph: gs.Graph) -> int:
                 continue
             by_key.setdefault(key, []).append(t)
     merged = 0
-    for group0 in by_key.values():
-        if len(group0) < 2:
-            continue
+    for (dtype, _), group0 in by_key.items():
+        if len(group0) < 2 or np.dtype(dtype).kind == "O":
+            continue  # object (string) arrays: bytes are pointers, not values
         # Cheap prefilter: a strided sample of ~64 elements; only tensors whose samples
-        # collide are hashed in full (big weights of equal shape rarely collide).
+        # collide are compared in full (big weights of equal shape rarely collide).
         by_sample: dict[bytes, list[gs.Constant]] = {}
         for t in group0:
-            v = t.values
-            if v.dtype.kind == "O":
+            sample = _sample(t)
+            if sample is not None:
+                by_sample.setdefault(sample, []).append(t)
+        for cands in by_sample.values():
+            if len(cands) < 2:
                 continue
-            flat = v.reshape(-1)
-            step = max(1, flat.size // 64)
-            by_sample.setdefault(flat[::step].tobytes(), []).append(t)
-        group = [t for ts in by_sample.values() if len(ts) > 1 for t in ts]
-        if len(group) < 2:
-            continue
-        seen: dict[bytes, tuple[gs.Constant, bytes]] = {}
-        for t in group:
-            v = t.values
-            if v.dtype.kind == "O":
-                continue  # object (string) arrays: bytes are pointers, not values
-            raw = np.ascontiguousarray(v).tobytes()
-            digest = hashlib.blake2b(raw, digest_size=16).digest()
-            hit = seen.get(digest)
-            if hit is None:
-                seen[digest] = (t, raw)
-                continue
-            keep, keep_raw = hit
-            if keep_raw != raw:
-                continue
-            for node in list(t.outputs):
-                for i, inp in enumerate(node.inputs):
-                    if inp is t:
-                        node.inputs[i] = keep
-            merged += 1
+            seen: dict[bytes, tuple[gs.Constant, memoryview]] = {}
+            for t in cands:
+                raw = _constant_bytes(t)
+                if raw is None:
+                    continue
+                digest = hashlib.blake2b(raw, digest_size=16).digest()
+                hit = seen.get(digest)
+                if hit is None:
+                    seen[digest] = (t, raw)
+                    continue
+                keep, keep_raw = hit
+                if not np.array_equal(np.frombuffer(keep_raw, np.uint8), np.frombuffer(raw, np.uint8)):
+                    continue
+                for node in list(t.outputs):
+                    for i, inp in enumerate(node.inputs):
+                        if inp is t:
+                            node.inputs[i] = keep
+                merged += 1
     return merged
+
+
+def _sample(t: gs.Constant) -> bytes | None:
+    """A strided sample of ~64 elements of a constant's bytes (None: not comparable by
+    bytes). Remembered on the constant for as long as it holds the same values object,
+    so the fixed-point iterations of `clean` do not read every weight again."""
+    cached = getattr(t, "_graphopt_sample", None)
+    if cached is not None and cached[0] is t._values:
+        return cached[1]
+    raw = _constant_bytes(t)
+    if raw is None:
+        return None
+    flat = np.frombuffer(raw, dtype=np.uint8)
+    itemsize = np.dtype(t.dtype).itemsize
+    if itemsize > 1 and flat.size % itemsize == 0:
+        flat = flat.reshape(-1, itemsize)
+    step = max(1, len(flat) // 64)
+    sample = flat[::step].tobytes() + len(flat).to_bytes(8, "little")
+    t._graphopt_sample = (t._values, sample)
+    return sample
+
+
+def _constant_bytes(t: gs.Constant):
+    """The little-endian bytes of a constant's values, without converting a constant
+    still held as its ONNX tensor (LazyValues) into a numpy array: that would keep a
+    second copy of every compared weight and make exporting it copy it again. None
+    when the bytes do not identify the values (object arrays, non-raw storage)."""
+    values = t._values
+    if isinstance(values, LazyValues):
+        proto = values.tensor
+        if isinstance(proto, onnx.TensorProto) and proto.HasField("raw_data") \
+                and proto.data_location != onnx.TensorProto.EXTERNAL:
+            try:
+                itemsize = np.dtype(t.dtype).itemsize
+            except TypeError:
+                return None
+            raw = proto.raw_data
+            if len(raw) != itemsize * int(np.prod(t.shape, dtype=np.int64)):
+                return None
+            if np.little_endian or itemsize == 1:
+                return memoryview(raw)
+        values = t.values
+    if not isinstance(values, np.ndarray) or values.dtype.kind == "O":
+        return None
+    v = np.ascontiguousarray(values)
+    if not v.dtype.isnative:
+        v = v.astype(v.dtype.newbyteorder("="))
+    return memoryview(v.view(np.uint8).reshape(-1)) if v.size else memoryview(b"")
 
 
 def _attr_key(v):
@@ -437,7 +486,7 @@ def _attr_key(v):
 
 
 def _cse(graph: gs.Graph) -> int:
-    graph.toposort(recurse_subgraphs=False)
+    sort_nodes(graph)
     seen: dict[tuple, gs.Node] = {}
     out_ids = {id(t) for t in graph.outputs}
     merged = 0

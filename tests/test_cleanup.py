@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper as oh, numpy_helper as nh
 
 import graphopt
@@ -182,3 +183,53 @@ def test_noop_slice_reversal_kept_full_slice_removed():
     opt = _run(m, "noop", X)
     assert _ops(opt) == ["Slice"]
     assert list(opt.graph.node[0].input)[4] == "neg1"
+
+
+def test_cse_merges_initializers_without_loading_weights():
+    """Duplicate detection reads an ONNX initializer's bytes without turning it into a
+    numpy array (which would make export copy it again); equal samples but different
+    bytes are not merged."""
+    import onnx_graphsurgeon as gs
+    from onnx_graphsurgeon.ir.tensor import LazyValues
+
+    from graphopt.ir import Model
+
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((64, 64)).astype(np.float32)
+    c = a.copy()
+    c[1, 1] += 1.0  # not on the ~64-element sample grid: samples collide, bytes differ
+    inits = [nh.from_array(a, "a"), nh.from_array(a.copy(), "b"), nh.from_array(c, "c")]
+    nodes = [oh.make_node("MatMul", ["x", n], [f"y{n}"]) for n in "abc"]
+    nodes += [oh.make_node("Sum", ["ya", "yb", "yc"], ["y"])]
+    m = _model(nodes, [_vi("x", [2, 64])], [_vi("y", [2, 64])], inits)
+    model = Model.from_onnx(m)
+    stats = graphopt.PassManager("cse").run(model).records[0].stats
+    assert stats["initializers_merged"] == 1
+    consts = {t.name: t for t in model.graph.tensors().values() if isinstance(t, gs.Constant)}
+    assert all(isinstance(t._values, LazyValues) for t in consts.values())
+    opt = model.to_onnx()
+    assert sorted(t.name for t in opt.graph.initializer) == ["a", "c"]
+    feeds = {"x": rng.standard_normal((2, 64)).astype(np.float32)}
+    assert run_ort(m, feeds)[0].tobytes() == run_ort(opt, feeds)[0].tobytes()
+
+
+def test_toposort_keeps_sorted_order_and_fixes_unsorted():
+    import onnx_graphsurgeon as gs
+
+    from graphopt.errors import GraphoptError
+    from graphopt.ir import Model, sort_nodes
+
+    nodes = [oh.make_node("Relu", ["x"], ["a"]), oh.make_node("Neg", ["x"], ["b"]),
+             oh.make_node("Add", ["a", "b"], ["y"])]
+    model = Model.from_onnx(_model(nodes, [_vi("x", [2, 3])], [_vi("y", [2, 3])]))
+    g = model.graph
+    sort_nodes(g)
+    assert [n.op for n in g.nodes] == ["Relu", "Neg", "Add"]
+    g.nodes = [g.nodes[2], g.nodes[1], g.nodes[0]]
+    sort_nodes(g)
+    assert [n.op for n in g.nodes] == ["Neg", "Relu", "Add"]
+    # a cycle: Relu reads Add's output
+    g.nodes[1].inputs[0] = g.nodes[2].outputs[0]
+    with pytest.raises(GraphoptError, match="cycle"):
+        sort_nodes(g)
+    assert isinstance(g.nodes[0], gs.Node)

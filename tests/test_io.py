@@ -346,3 +346,70 @@ def test_check_model_skips_payload_but_checks_it():
     with pytest.raises(GraphoptError, match="fails onnx.checker"):
         check_model(wrong, what="m", strict=True)
     assert m.graph.initializer[0].raw_data  # the caller's model is untouched
+
+
+# ------------------------------------------------------------------ streamed writing
+
+
+@pytest.mark.parametrize("keep_bytes", [0, 1 << 20])
+def test_streamed_write_equals_serialize_to_string(tmp_path, monkeypatch, keep_bytes):
+    """save() writes the model piece by piece; the file is byte-identical to
+    SerializeToString (functions, metadata, subgraphs, sparse initializers included),
+    whether elements are kept encoded or encoded again when written."""
+    import io as pyio
+
+    monkeypatch.setattr(gio, "_KEEP_BYTES", keep_bytes)
+    for m in (rich_model(), loop_scan_model(), small_model(64 * 64)):
+        buf = pyio.BytesIO()
+        n = gio.write_model(m, buf)
+        assert buf.getvalue() == m.SerializeToString() and n == len(buf.getvalue())
+        p = graphopt.save(m, tmp_path / "m.onnx")
+        assert p.read_bytes() == m.SerializeToString()
+
+
+def test_streamed_write_keeps_unknown_fields(tmp_path):
+    m = small_model()
+    data = m.SerializeToString() + bytes([0xF8, 0x07, 0x01])  # field 127, varint 1: unknown
+    m2 = onnx.ModelProto()
+    m2.ParseFromString(data)
+    assert graphopt.save(m2, tmp_path / "u.onnx").read_bytes() == m2.SerializeToString()
+
+
+def test_streamed_write_refuses_over_2gb(tmp_path, monkeypatch):
+    monkeypatch.setattr(gio, "PROTOBUF_LIMIT", 1000)
+    with pytest.raises(GraphoptError, match="cannot serialize"):
+        graphopt.save(small_model(), tmp_path / "o.onnx", external_data=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_memory_mapped_load_owns_its_data(tmp_path):
+    """load() parses a memory-mapped file; the model keeps its own copy of every byte, so
+    it stays intact after the map is closed and the file replaced."""
+    m = rich_model()
+    src = tmp_path / "m.onnx"
+    onnx.save(m, src)
+    loaded = graphopt.load(src)
+    src.write_bytes(b"\0" * len(m.SerializeToString()))
+    junk = [bytearray(1 << 20) for _ in range(8)]  # reuse freed pages
+    assert loaded.SerializeToString() == m.SerializeToString()
+    del junk
+
+
+def test_streamed_write_raw_tensors_and_size_mismatch(tmp_path, monkeypatch):
+    """Large initializers are written field by field around raw_data (fields after it,
+    such as doc_string, included); a raw_data whose length disagrees with the shape
+    falls back to plain encoding. Both byte-identical to SerializeToString."""
+    import io as pyio
+
+    monkeypatch.setattr(gio, "_KEEP_BYTES", 16)
+    m = small_model(64)
+    t = m.graph.initializer[0]
+    t.doc_string = "weights"
+    t.metadata_props.add(key="k", value="v")
+    buf = pyio.BytesIO()
+    gio.write_model(m, buf)
+    assert buf.getvalue() == m.SerializeToString()
+    t.raw_data = t.raw_data[:-4]  # malformed: one element short
+    buf = pyio.BytesIO()
+    gio.write_model(m, buf)
+    assert buf.getvalue() == m.SerializeToString()
