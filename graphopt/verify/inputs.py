@@ -170,8 +170,10 @@ def infer_int_bounds(model: onnx.ModelProto, name: str, inferred: onnx.ModelProt
 
 
 def _inferred(model: onnx.ModelProto) -> onnx.ModelProto:
+    from ..analysis.shapes import skeleton  # shapes only: leave the weights' data out
+
     try:
-        return onnx.shape_inference.infer_shapes(model, strict_mode=False)
+        return onnx.shape_inference.infer_shapes(skeleton(model), strict_mode=False)
     except Exception:  # noqa: BLE001 - bounds are a best effort
         return model
 
