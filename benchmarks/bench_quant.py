@@ -209,9 +209,22 @@ def occ_fp16(proto, calib):
 
 
 def measure(variants: dict, feed, runs: int) -> dict[str, float]:
+    """Median seconds per run. A fast model runs `reps` times per timed sample (each sample
+    >= ~5 ms), the same `reps` for every variant, so call overhead and timer jitter do not
+    decide sub-millisecond comparisons."""
     sess = {k: session(v) for k, v in variants.items()}
-    jobs = {k: (lambda s=s: s.run(None, feed)) for k, s in sess.items()}
-    return interleaved_median(jobs, runs=runs, warmup=2, shuffle=True)
+    ref = next(iter(sess.values()))
+    ref.run(None, feed)
+    t0 = time.perf_counter()
+    ref.run(None, feed)
+    reps = max(1, min(1000, int(0.005 / max(time.perf_counter() - t0, 1e-7))))
+
+    def job(s):
+        for _ in range(reps):
+            s.run(None, feed)
+
+    jobs = {k: (lambda s=s: job(s)) for k, s in sess.items()}
+    return {k: v / reps for k, v in interleaved_median(jobs, runs=runs, warmup=2, shuffle=True).items()}
 
 
 def error(ref_sess, proto, held):
