@@ -166,7 +166,7 @@ class VerifyInstrument(Instrument):
         if before.digest is not None and before.digest == after.digest:
             # the same ops on the same values in the same order: bit-identical outputs
             record.extra["verify"] = {"status": "ok", "contract": contract.describe(), "model_runs": 0,
-                                      "summary": "same computation (structurally identical), no run needed"}
+                                      "summary": "same computation (structural)"}
             log.info("pass '%s' verified structurally: the outputs' computation is unchanged", p.name)
             after.runner = before.runner
             return None
