@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -42,7 +41,7 @@ import graphopt  # noqa: E402
 import _prune_graphs as pg  # noqa: E402
 
 
-from common import cpu_name  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from common import cpu_name, interleaved_median, ort_session  # noqa: E402  (benchmarks/ is on sys.path as a script)
 
 
 def macs(model: onnx.ModelProto) -> int:
@@ -54,26 +53,11 @@ def macs(model: onnx.ModelProto) -> int:
         return pg.count_macs(model)
 
 
-def session(model: onnx.ModelProto) -> ort.InferenceSession:
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 2
-    so.inter_op_num_threads = 1
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    so.log_severity_level = 3
-    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-
-
 def interleaved_medians(sessions, feeds, runs: int, warmup: int = 3) -> list[float]:
-    for s in sessions:
-        for _ in range(warmup):
-            s.run(None, feeds)
-    times = [[] for _ in sessions]
-    for _ in range(runs):
-        for i, s in enumerate(sessions):
-            t0 = time.perf_counter()
-            s.run(None, feeds)
-            times[i].append(time.perf_counter() - t0)
-    return [statistics.median(t) * 1e3 for t in times]
+    """Median milliseconds per session, runs interleaved (benchmarks/common.py)."""
+    jobs = {i: (lambda s=s: s.run(None, feeds)) for i, s in enumerate(sessions)}
+    med = interleaved_median(jobs, runs=runs, warmup=warmup, shuffle=True)
+    return [med[i] * 1e3 for i in range(len(sessions))]
 
 
 # ------------------------------------------------------------------------------ torch side
@@ -251,7 +235,7 @@ def main() -> None:
                     _, pruned, x, secs = torch_pruning_variant(makers[name], r, rt)
                     variants.append((label, export(pruned, x), r, secs))
         feeds = {inp.name: np.random.default_rng(1000).standard_normal(shape).astype(np.float32)}
-        sessions = [session(m) for _, m, _, _ in variants]
+        sessions = [ort_session(m) for _, m, _, _ in variants]
         ms = interleaved_medians(sessions, feeds, args.runs)
         m0 = macs(base)
         for (label, m, r, secs), lat in zip(variants, ms):
