@@ -11,3 +11,4 @@ from . import fp16  # noqa: F401
 from . import nchwc  # noqa: F401
 from . import prune  # noqa: F401
 from . import quantize  # noqa: F401
+from . import shapes  # noqa: F401

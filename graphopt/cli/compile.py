@@ -1,0 +1,117 @@
+"""`graphopt compile MODEL --target TARGET -o OUT`: compile a model with TVM for an edge target."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ..errors import GraphoptError
+from . import options
+from .present import console, progress_callback
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", nargs="?", help="the ONNX model to compile")
+    parser.add_argument("--target", default="host", metavar="TARGET",
+                        help="what to compile for (default host; --list-targets shows all)")
+    parser.add_argument("-o", "--output", metavar="OUT",
+                        help="the library to write (default: MODEL with .TARGET.so)")
+    parser.add_argument("-p", "--pipeline", default=None, metavar="SPEC",
+                        help="graphopt passes run before TVM (default static-shapes,clean,fuse; "
+                             "'' for none)")
+    parser.add_argument("--tune-trials", type=int, default=0, metavar="N",
+                        help="tune with TVM's MetaSchedule, N measured trials in all (default 0: "
+                             "TVM's default schedules)")
+    parser.add_argument("--tune-cache", metavar="DIR", default=None,
+                        help="tuning database folder, reused by later builds "
+                             "(default $TMPDIR/graphopt-tune)")
+    parser.add_argument("--tune-share", type=float, default=0.9, metavar="F",
+                        help="tune the heaviest tasks holding this share of the FLOPs; the rest "
+                             "keep default schedules (default 0.9; 1 tunes every task)")
+    parser.add_argument("--archive", action="store_true",
+                        help="write a tar of object files even when a cross toolchain is installed")
+    parser.add_argument("--list-targets", action="store_true", help="list the named targets and exit")
+    g = parser.add_argument_group("verification")
+    g.add_argument("--no-verify", action="store_true",
+                   help="check neither the passes nor the compiled module numerically")
+    g.add_argument("--verify-examples", type=int, default=8, metavar="N",
+                   help="inputs drawn to check the compiled module (default 8)")
+    options.add_input_args(parser)  # --input-shape (leading symbolic dims default to 1), ranges, samples
+
+
+def default_output(model: str, target: str) -> str:
+    import os
+
+    root, _ = os.path.splitext(model)
+    return f"{root}.{target}.so"
+
+
+def run(args: argparse.Namespace) -> int:
+    from .. import codegen
+
+    if args.list_targets:
+        return print_targets(codegen.describe_targets(), as_json=args.json)
+    if not args.model:
+        raise GraphoptError("give the ONNX model to compile (graphopt compile MODEL --target TARGET)")
+    if args.verify_examples < 1:
+        raise GraphoptError("--verify-examples must be at least 1")
+    from ..samples import load_samples
+
+    shapes = dict(options.parse_shape(s) for s in args.input_shape)
+    ranges = dict(options.parse_range(r) for r in args.input_range)
+    samples = load_samples(args.samples) if args.samples else None
+    output = args.output or default_output(args.model, args.target)
+    with progress_callback(quiet=args.quiet or args.json) as progress:
+        result = codegen.compile_model(
+            args.model, args.target, output, spec=args.pipeline, input_shapes=shapes,
+            input_ranges=ranges, samples=samples,
+            tune_trials=args.tune_trials, tune_cache=args.tune_cache, tune_share=args.tune_share,
+            verify=not args.no_verify,
+            examples=args.verify_examples, seed=args.seed, archive=args.archive, progress=progress,
+        )
+    if args.json:
+        json.dump(result.as_dict(), sys.stdout, indent=2, default=str)
+        sys.stdout.write("\n")
+    elif not args.quiet:
+        print_result(result)
+    return 0
+
+
+def print_targets(targets, as_json: bool = False) -> int:
+    if as_json:
+        json.dump([{"name": n, "description": d, "tvm": t} for n, d, t in targets], sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return 0
+    from rich.table import Table
+
+    table = Table(box=None, header_style="bold")
+    for col in ("target", "description", "TVM target"):
+        table.add_column(col)
+    for row in targets:
+        table.add_row(*row)
+    c = console()
+    if not c.is_terminal:
+        c.width = max(c.width, 160)
+    c.print(table)
+    return 0
+
+
+def print_result(r) -> None:
+    from rich.markup import escape
+
+    c = console()
+    shapes = "; ".join(f"{k} {'x'.join(map(str, v))}" for k, v in r.input_shapes.items())
+    secs = ", ".join(f"{k} {v:.1f} s" for k, v in r.seconds.items())
+    c.print(f"passes: {r.nodes_before} → {r.nodes_after} nodes; inputs {shapes}")
+    if r.tuning is not None:
+        t = r.tuning
+        c.print(f"tuning: MetaSchedule, {t.trials} trials; {t.tasks_selected} of {t.tasks} tasks hold "
+                f"{100 * t.flops_share:.0f}% of the FLOPs: {t.tasks_tuned} tuned now, "
+                f"{t.tasks_selected - t.tasks_tuned} from the cache {escape(t.cache)}; {t.seconds:.0f} s")
+    c.print(f"verified: {escape(r.verification)}")
+    for note in r.notes:
+        c.print(f"[yellow]note:[/] {escape(note)}")
+    if r.link_hint:
+        c.print(escape(r.link_hint))
+    c.print(f"[bold]wrote {escape(r.output)}[/] ({r.kind} for {r.target}; {secs})")

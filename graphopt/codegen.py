@@ -1,0 +1,711 @@
+"""TVM code generation: ONNX -> graphopt passes -> Relax -> a library for an edge target.
+
+    from graphopt import codegen
+    result = codegen.compile_model("model.onnx", "aarch64-cortex-a72", "model.so",
+                                   input_shapes={"input": (1, 3, 224, 224)})
+    result.output, result.kind, result.verification
+
+Steps (`compile_model`):
+
+1. graphopt's pass pipeline, the front end TVM needs (default `DEFAULT_SPEC`: bind the
+   input shapes and fold shape computations to constants, clean up, fuse for target
+   "tvm"), each pass verified as usual;
+2. import with TVM's Relax ONNX frontend (`tvm.relax.frontend.onnx.from_onnx`), weights
+   embedded as constants so the library is self-contained;
+3. build with `tvm.compile` (TVM's default CPU pipeline), or with MetaSchedule when
+   `tune_trials` > 0: the heaviest tasks holding `tune_share` of the FLOPs are tuned, the
+   records cached in `tune_cache` and reused by later builds;
+4. export: a shared library (host, or a cross target whose Debian cross toolchain is
+   installed), else a tar of object files plus a note how to link it;
+5. verification: the host library is loaded back and checked against onnxruntime on the
+   original model with graphopt's property-based checker (float contract). A cross
+   artifact cannot run here (no TVM runtime for the target under qemu-user), so the same
+   Relax module is built for the host and that build is checked — the result says so.
+
+Nothing is written unless every step succeeded; errors a user can cause (unknown target,
+TVM missing, an op TVM cannot import) are one-line `GraphoptError`s.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io as _io
+import logging
+import os
+import platform
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import onnx
+
+from .errors import GraphoptError, VerificationError
+
+log = logging.getLogger(__name__)
+
+# The default front end for TVM: static shapes first (TVM's importer needs constant
+# Reshape targets), then the usual cleanup and fusion with TVM-compatible ops only.
+DEFAULT_SPEC = "static-shapes,clean,fuse"
+INSTALL_HINT = "TVM is not installed: pip install 'graphopt[tvm]'"
+
+
+# ---------------------------------------------------------------------------- targets
+
+
+@dataclass(frozen=True)
+class Target:
+    """A named edge target: a TVM target dict, the cross toolchain that links for it
+    (a Debian gcc triplet), the qemu-user binary that could run it, its ELF machine."""
+
+    name: str
+    description: str
+    tvm: dict
+    toolchain: str | None = None      # e.g. "aarch64-linux-gnu" -> aarch64-linux-gnu-gcc
+    apt_package: str | None = None    # the Debian package providing the toolchain
+    qemu: str | None = None           # e.g. "qemu-aarch64"
+    machine: str = "x86-64"           # ELF e_machine as `file` names it
+    cpu_features: tuple[str, ...] = ()  # for x86-64 presets: what the host must have to run it
+
+    @property
+    def is_host(self) -> bool:
+        return self.toolchain is None
+
+    def tvm_target(self):
+        import tvm
+
+        return tvm.target.Target(self.tvm)
+
+
+_AARCH64 = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]}
+_RV64 = {"kind": "llvm", "mtriple": "riscv64-linux-gnu", "mcpu": "generic-rv64",
+         "mattr": ["+64bit", "+m", "+a", "+f", "+d", "+c"], "mabi": "lp64d"}
+
+_PRESETS = [
+    Target("x86-64", "generic x86-64 (SSE2 baseline)",
+           {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "x86-64"}),
+    Target("x86-64-v3", "x86-64 with AVX2 and FMA (Haswell and later, Zen)",
+           {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "x86-64-v3"},
+           cpu_features=("avx2", "fma")),
+    Target("x86-64-avx512", "x86-64 with AVX-512 (Skylake-SP and later, Zen 4)",
+           {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "x86-64-v4"},
+           cpu_features=("avx512f", "avx512bw", "avx512vl", "avx512dq")),
+    Target("aarch64", "64-bit Arm (ARMv8-A) with NEON", dict(_AARCH64),
+           "aarch64-linux-gnu", "gcc-aarch64-linux-gnu", "qemu-aarch64", "aarch64"),
+    Target("aarch64-cortex-a53", "Cortex-A53 (Raspberry Pi 3, many SoCs), NEON",
+           {**_AARCH64, "mcpu": "cortex-a53"},
+           "aarch64-linux-gnu", "gcc-aarch64-linux-gnu", "qemu-aarch64", "aarch64"),
+    Target("aarch64-cortex-a72", "Cortex-A72 (Raspberry Pi 4), NEON",
+           {**_AARCH64, "mcpu": "cortex-a72"},
+           "aarch64-linux-gnu", "gcc-aarch64-linux-gnu", "qemu-aarch64", "aarch64"),
+    Target("aarch64-cortex-a76", "Cortex-A76 (Raspberry Pi 5), NEON with dot product and fp16",
+           {**_AARCH64, "mcpu": "cortex-a76", "mattr": ["+neon", "+dotprod", "+fullfp16"]},
+           "aarch64-linux-gnu", "gcc-aarch64-linux-gnu", "qemu-aarch64", "aarch64"),
+    Target("armv7a", "32-bit ARMv7-A, hard-float ABI with NEON/VFPv4",
+           {"kind": "llvm", "mtriple": "armv7a-linux-gnueabihf", "mattr": ["+neon", "+vfp4"],
+            "mfloat-abi": "hard"},
+           "arm-linux-gnueabihf", "gcc-arm-linux-gnueabihf", "qemu-arm", "arm"),
+    Target("riscv64", "RISC-V RV64GC (lp64d), no vector extension", dict(_RV64),
+           "riscv64-linux-gnu", "gcc-riscv64-linux-gnu", "qemu-riscv64", "riscv"),
+    Target("riscv64-rvv", "RISC-V RV64GCV (lp64d) with the vector extension 1.0",
+           {**_RV64, "mattr": _RV64["mattr"] + ["+v"]},
+           "riscv64-linux-gnu", "gcc-riscv64-linux-gnu", "qemu-riscv64", "riscv"),
+]
+
+
+def _host_target() -> Target:
+    import tvm  # noqa: F401 - llvm_get_system_cpu needs the runtime
+    from tvm.target import codegen as tcg
+
+    machine = platform.machine().lower()
+    triple = {"x86_64": "x86_64-linux-gnu", "amd64": "x86_64-linux-gnu",
+              "aarch64": "aarch64-linux-gnu", "arm64": "aarch64-linux-gnu"}.get(machine)
+    spec: dict[str, Any] = {"kind": "llvm", "num-cores": os.cpu_count() or 1}
+    try:
+        spec["mcpu"] = str(tcg.llvm_get_system_cpu())
+    except Exception:  # noqa: BLE001 - an old LLVM: generic code
+        pass
+    if triple:
+        spec["mtriple"] = triple
+    return Target("host", f"this machine ({spec.get('mcpu', machine)})", spec,
+                  machine={"x86_64": "x86-64", "amd64": "x86-64"}.get(machine, machine))
+
+
+def target_names() -> list[str]:
+    return ["host"] + [t.name for t in _PRESETS]
+
+
+def describe_targets() -> list[tuple[str, str, str]]:
+    """(name, description, TVM target dict as text) for every named target."""
+    out = [("host", "this machine: LLVM's detected CPU, all its cores",
+            '{"kind": "llvm", "mcpu": <detected>, "num-cores": <cpus>}')]
+    for t in _PRESETS:
+        out.append((t.name, t.description, str(t.tvm)))
+    return out
+
+
+def resolve_target(name: str) -> Target:
+    """The named target; GraphoptError listing the names when unknown."""
+    if name == "host":
+        require_tvm()
+        return _host_target()
+    for t in _PRESETS:
+        if t.name == name:
+            return t
+    raise GraphoptError(f"unknown target '{name}' (targets: {', '.join(target_names())})")
+
+
+def require_tvm():
+    try:
+        import tvm
+        from tvm import relax  # noqa: F401
+    except ImportError:
+        raise GraphoptError(INSTALL_HINT) from None
+    except Exception as e:  # noqa: BLE001 - a broken install
+        raise GraphoptError(f"TVM cannot be loaded ({str(e).splitlines()[0][:200]}); "
+                            "reinstall with pip install 'graphopt[tvm]'") from None
+    return tvm
+
+
+def host_can_run(target: Target) -> bool:
+    """Whether binaries for `target` run natively on this machine."""
+    if target.name == "host":
+        return True
+    if target.toolchain is not None or platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    try:
+        flags = set()
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+        return all(f in flags for f in target.cpu_features)
+    except OSError:
+        return False
+
+
+def cross_compiler(target: Target) -> str | None:
+    """The cross gcc for `target` if installed (None for host-like targets)."""
+    if target.toolchain is None:
+        return None
+    return shutil.which(f"{target.toolchain}-gcc")
+
+
+# ---------------------------------------------------------------------------- quiet TVM
+
+
+@contextlib.contextmanager
+def quiet_tvm():
+    """TVM's C++ side logs warnings straight to fd 2 and its ONNX importer prints to
+    stdout; capture both (logged at debug level) so the CLI shows only its own lines."""
+    import sys
+
+    buf = _io.StringIO()
+    saved_fd = None
+    tmp = None
+    try:
+        sys.stderr.flush()
+        tmp = tempfile.TemporaryFile(mode="w+b")
+        saved_fd = os.dup(2)
+        os.dup2(tmp.fileno(), 2)
+    except (OSError, ValueError):
+        saved_fd = None
+    try:
+        with contextlib.redirect_stdout(buf):
+            yield buf
+    finally:
+        if saved_fd is not None:
+            os.dup2(saved_fd, 2)
+            os.close(saved_fd)
+            tmp.seek(0)
+            text = tmp.read().decode(errors="replace")
+            tmp.close()
+            lines = [ln for ln in text.splitlines() if ln.strip()]
+            if lines:
+                log.debug("TVM (stderr, %d lines): %s", len(lines), "\n".join(lines[-20:]))
+        if buf.getvalue().strip():
+            log.debug("TVM (stdout): %s", buf.getvalue().strip()[-2000:])
+
+
+# ---------------------------------------------------------------------------- import
+
+
+def static_input_shapes(model: onnx.ModelProto, given: dict | None = None, batch: int = 1) -> dict[str, tuple]:
+    """Concrete shapes of every graph input: `given` first, leading symbolic dims bound to
+    `batch`. GraphoptError naming the input when a dim stays unknown."""
+    from .analysis.shapes import resolve_input_shapes
+
+    bound, _ = resolve_input_shapes(model, given or {}, batch=batch)
+    for name, shape in bound.items():
+        if shape is None or not all(isinstance(d, int) for d in shape):
+            shown = "unknown rank" if shape is None else "[" + ", ".join(
+                str(d) if isinstance(d, int) else "?" for d in shape) + "]"
+            raise GraphoptError(
+                f"input '{name}' has no static shape ({shown}); TVM builds for static shapes: "
+                f"give --input-shape {name}=" + ("1x3x224x224" if shape is None else
+                                                 "x".join(str(d) if isinstance(d, int) else "N"
+                                                          for d in shape)))
+    return {k: tuple(v) for k, v in bound.items()}
+
+
+def unsupported_ops(model: onnx.ModelProto) -> list[str]:
+    """Op types in the main graph that TVM's Relax ONNX frontend has no converter for."""
+    from tvm.relax.frontend.onnx import onnx_frontend
+
+    known = set(onnx_frontend._get_convert_map()) | {"If", "Constant"}
+    return sorted({n.op_type for n in model.graph.node if n.op_type not in known})
+
+
+def import_onnx(model: onnx.ModelProto, input_shapes: dict[str, tuple], *, hint: str = ""):
+    """A Relax IRModule of the model, weights bound as constants. GraphoptError (one line,
+    naming the ops or the failing op) when TVM cannot import it."""
+    require_tvm()
+    from tvm.relax.frontend.onnx import from_onnx
+
+    missing = unsupported_ops(model)
+    if missing:
+        raise GraphoptError(
+            f"TVM's Relax ONNX frontend does not support {', '.join(missing)} "
+            f"({_count_nodes(model, missing)}); the model cannot be compiled with TVM")
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    message = ""
+    with quiet_tvm() as out:
+        try:
+            mod = from_onnx(model, shape_dict={k: list(v) for k, v in input_shapes.items()},
+                            opset=opset, keep_params_in_input=False)
+        except Exception as e:  # noqa: BLE001 - the importer raises anything
+            log.debug("TVM's ONNX importer failed", exc_info=True)
+            op = _failing_op(out.getvalue())
+            message = f"TVM's ONNX importer failed{f' at {op}' if op else ''}: {_first_line(e)}{hint}"
+            e.__traceback__ = None
+            del e
+            import gc
+
+            gc.collect()  # TVM warns about its half-built module when that is freed
+    if message:
+        raise GraphoptError(message)
+    return mod
+
+
+def _count_nodes(model: onnx.ModelProto, ops: list[str]) -> str:
+    names = [n.name or n.op_type for n in model.graph.node if n.op_type in ops]
+    shown = ", ".join(f"'{n}'" for n in names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    return f"node{'s' if len(names) != 1 else ''} {shown}"
+
+
+def _failing_op(printed: str) -> str:
+    m = re.findall(r"Error converting operator (\w+)", printed)
+    return m[-1] if m else ""
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    # TVM errors end with the message after a traceback of C++ frames
+    for ln in reversed(lines):
+        if not ln.startswith(("File ", "at ", "^", "  ")) and not re.match(r"^\d+:", ln):
+            return ln[:300]
+    return (lines[0] if lines else type(e).__name__)[:300]
+
+
+# ---------------------------------------------------------------------------- build
+
+
+@dataclass
+class TuneInfo:
+    trials: int                   # the budget asked for
+    tasks: int = 0                # tuning tasks of the module
+    tasks_selected: int = 0       # the heaviest tasks, holding `share` of the FLOPs
+    tasks_tuned: int = 0          # selected tasks tuned in this run (the others: from the cache)
+    share: float = 1.0            # FLOP share asked for
+    flops_share: float = 1.0      # FLOP share of the selected tasks
+    seconds: float = 0.0
+    cache: str = ""
+
+    def as_dict(self) -> dict:
+        return dict(trials=self.trials, tasks=self.tasks, tasks_selected=self.tasks_selected,
+                    tasks_tuned=self.tasks_tuned, flops_share=round(self.flops_share, 4),
+                    seconds=round(self.seconds, 2), cache=self.cache)
+
+
+DEFAULT_TUNE_SHARE = 0.9
+
+
+def build(mod, target: Target, *, tune_trials: int = 0, tune_cache: str | os.PathLike | None = None,
+          tune_share: float = DEFAULT_TUNE_SHARE, progress: Callable[[str], None] | None = None):
+    """(executable, TuneInfo | None): `mod` built for `target`. Untuned: TVM's default
+    CPU pipeline. Tuned: MetaSchedule with a JSON database in `tune_cache`, tuning the
+    heaviest tasks that together hold `tune_share` of the estimated FLOPs (each weighted
+    by how often it runs); the light rest (reshapes, small elementwise ops) keep TVM's
+    default schedules, which saves most of the tuning time on small machines."""
+    tvm = require_tvm()
+    ttarget = target.tvm_target()
+    try:
+        if tune_trials <= 0:
+            with quiet_tvm():
+                return tvm.compile(mod, target=ttarget), None
+        return _tuned_build(mod, ttarget, tune_trials, tune_cache, tune_share, progress)
+    except GraphoptError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise GraphoptError(f"TVM failed to build for {target.name}: {_first_line(e)}") from e
+
+
+def _tuned_build(mod, ttarget, trials: int, cache, share: float, progress):
+    import tvm
+    from tvm import relax
+
+    try:
+        from tvm.s_tir import meta_schedule as ms
+    except ImportError as e:
+        raise GraphoptError(f"TVM's MetaSchedule cannot be loaded ({_first_line(e)}): "
+                            "pip install 'graphopt[tvm]' (psutil, cloudpickle, xgboost)") from None
+    if cache is None:
+        cache = Path(tempfile.gettempdir()) / "graphopt-tune"
+    cache = Path(cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    info = TuneInfo(trials=trials, cache=str(cache))
+    t0 = time.perf_counter()
+    prep = tvm.transform.Sequential([
+        relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(),
+        relax.transform.FoldConstant(), relax.transform.FuseOps(), relax.transform.FuseTIR(),
+    ])
+    with quiet_tvm():
+        with ttarget:
+            fused = prep(mod)
+        tasks = ms.relax_integration.extract_tasks(fused, ttarget)
+        selected, info.flops_share = _heaviest(tasks, share)
+        database = ms.database.JSONDatabase(work_dir=str(cache))
+        todo = [t for t in selected if not _cached(database, t.dispatched[0])]
+    info.share = share
+    info.tasks, info.tasks_selected, info.tasks_tuned = len(tasks), len(selected), len(todo)
+    log.info("%d tuning tasks, the %d heaviest hold %.1f%% of the FLOPs; %d of them already in "
+             "the cache %s", len(tasks), len(selected), 100 * info.flops_share,
+             len(selected) - len(todo), cache)
+    if todo:
+        if progress:
+            progress(f"tuning {len(todo)} tasks with MetaSchedule ({trials} trials)")
+        with quiet_tvm():
+            contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+                todo, work_dir=str(cache), seed=0)
+            if contexts:
+                ms.tune.tune_tasks(tasks=contexts, task_weights=weights, work_dir=str(cache),
+                                   max_trials_global=trials,
+                                   num_trials_per_iter=max(4, min(64, trials // len(contexts))),
+                                   database=database)
+    info.seconds = time.perf_counter() - t0
+    if progress:
+        progress("building with the tuned schedules")
+    with quiet_tvm():
+        ex = ms.relax_integration.compile_relax(database, mod, ttarget, None)
+    return ex, info
+
+
+def _heaviest(tasks: list, share: float) -> tuple[list, float]:
+    """The fewest tasks (heaviest first) holding `share` of the FLOPs, and their share."""
+    from tvm.s_tir.analysis import estimate_tir_flops
+
+    flops = []
+    for t in tasks:
+        try:
+            f = float(estimate_tir_flops(t.dispatched[0])) * max(int(t.weight), 1)
+        except Exception:  # noqa: BLE001 - unknown: keep the task
+            f = float("inf")
+        flops.append(f)
+    total = sum(f for f in flops if f != float("inf"))
+    if share >= 1.0 or not total:
+        return list(tasks), 1.0
+    ranked = sorted(zip(tasks, flops), key=lambda p: -p[1])
+    keep, acc = [], 0.0
+    for t, f in ranked:
+        if keep and acc >= share * total:
+            break
+        keep.append(t)
+        acc += f if f != float("inf") else 0.0
+    return keep, min(acc / total, 1.0)
+
+
+def _cached(database, mod) -> bool:
+    try:
+        if not database.has_workload(mod):
+            return False
+        return len(database.get_top_k(database.commit_workload(mod), 1)) > 0
+    except Exception:  # noqa: BLE001
+        return False
+
+
+# ---------------------------------------------------------------------------- export
+
+
+def export(ex, target: Target, path: Path, *, archive: bool = False) -> tuple[Path, str, str]:
+    """Write the executable: (path written, kind, why an archive). A shared library when
+    the target is the host or its cross gcc is installed (and not `archive`), else a tar
+    of object files (`path` with suffix .tar; see `link_hint`)."""
+    gcc = cross_compiler(target)
+    with quiet_tvm():
+        if not archive and (target.is_host or gcc):
+            if target.is_host:
+                ex.export_library(str(path))
+            else:
+                from tvm.support import cc
+
+                ex.export_library(str(path), fcompile=cc.cross_compiler(gcc))
+            return path, "shared library", ""
+        tar = path if path.suffix == ".tar" else path.with_suffix(".tar")
+        ex.export_library(str(tar))
+    why = "" if archive or not target.apt_package else \
+        f" ({target.toolchain}-gcc not found; apt-get install {target.apt_package})"
+    return tar, "object archive", why
+
+
+def link_hint(target: Target, tar: Path, why: str = "") -> str:
+    """One line: how to turn the object archive into a shared library."""
+    compiler = f"{target.toolchain}-gcc" if target.toolchain else "gcc"
+    return (f"wrote an object archive{why}; link it with: mkdir objs && tar -xf {tar.name} -C objs "
+            f"&& {compiler} -shared -fPIC -o {tar.stem}.so objs/*.o")
+
+
+# ---------------------------------------------------------------------------- running
+
+
+class TVMRunner:
+    """Runs a compiled Relax VM module with the interface of graphopt.verify.Runner, so
+    `graphopt.verify.compare` can check it against onnxruntime."""
+
+    def __init__(self, lib, input_names: list[str], output_names: list[str], note: str = "") -> None:
+        import tvm
+        from tvm import relax
+
+        self._tvm = tvm
+        self.device = tvm.cpu()
+        with quiet_tvm():
+            self.vm = relax.VirtualMachine(lib, self.device)
+        self.main = self.vm["main"]
+        self.input_names = list(input_names)
+        self.output_names = list(output_names)
+        self.backend = "tvm"
+        self.note = note
+        self.runs = 0
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, input_names, output_names) -> "TVMRunner":
+        import tvm
+
+        return cls(tvm.runtime.load_module(str(path)), input_names, output_names)
+
+    def arguments(self, feeds: dict[str, np.ndarray]) -> list:
+        return [self._tvm.runtime.tensor(np.ascontiguousarray(feeds[n]), self.device)
+                for n in self.input_names]
+
+    def call(self, args: list):
+        return self.main(*args)
+
+    def run(self, feeds: dict[str, np.ndarray], cache: bool = True) -> list[np.ndarray]:
+        from .verify.runner import InvalidInput
+
+        try:
+            self.runs += 1
+            out = self.main(*self.arguments(feeds))
+        except Exception as e:  # noqa: BLE001
+            raise InvalidInput(_first_line(e)) from e
+        return _flatten(out)
+
+
+def _flatten(out) -> list[np.ndarray]:
+    if hasattr(out, "numpy"):
+        return [out.numpy()]
+    res: list[np.ndarray] = []
+    for item in out:
+        res.extend(_flatten(item))
+    return res
+
+
+# ---------------------------------------------------------------------------- the driver
+
+
+@dataclass
+class CompileResult:
+    output: str
+    kind: str                         # "shared library" | "object archive"
+    target: str
+    target_spec: dict
+    input_shapes: dict[str, tuple]
+    verification: str = ""           # one line: what was checked and how
+    verified: str = "no"             # "artifact" | "host build" | "no"
+    link_hint: str = ""
+    tuning: TuneInfo | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+    nodes_before: int = 0
+    nodes_after: int = 0
+    report: Any = None               # the pass pipeline's Report
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        d = dict(output=self.output, kind=self.kind, target=self.target,
+                 target_spec=self.target_spec,
+                 input_shapes={k: list(v) for k, v in self.input_shapes.items()},
+                 verified=self.verified, verification=self.verification,
+                 seconds={k: round(v, 3) for k, v in self.seconds.items()},
+                 nodes_before=self.nodes_before, nodes_after=self.nodes_after, notes=self.notes)
+        if self.link_hint:
+            d["link_hint"] = self.link_hint
+        if self.tuning is not None:
+            d["tuning"] = self.tuning.as_dict()
+        if self.report is not None:
+            d["pipeline"] = self.report.as_dict()
+        return d
+
+
+def front_end(model: onnx.ModelProto, spec: str, input_shapes: dict[str, tuple], *,
+              verify: bool = True, verify_options: dict | None = None, seed: int = 0,
+              input_ranges: dict | None = None, samples: list | None = None, progress=None):
+    """Run graphopt's passes for TVM: (optimized proto, report)."""
+    from .ir import Model
+    from .pipeline import PassContext, PassManager
+
+    ctx = PassContext(target="tvm", input_shapes=dict(input_shapes), seed=seed,
+                      input_ranges=dict(input_ranges or {}), samples=samples)
+    instruments = []
+    if verify:
+        from .verify import VerifyInstrument
+
+        instruments.append(VerifyInstrument(**(verify_options or {})))
+    manager = PassManager(spec, ctx, instruments)
+    manager.progress = progress
+    working = Model.from_onnx(model)
+    report = manager.run(working)
+    return working.to_onnx(), report
+
+
+def compile_model(
+    model: onnx.ModelProto | str | os.PathLike,
+    target: str,
+    output: str | os.PathLike,
+    *,
+    spec: str | None = None,
+    input_shapes: dict | None = None,
+    input_ranges: dict | None = None,
+    samples: list | None = None,
+    tune_trials: int = 0,
+    tune_cache: str | os.PathLike | None = None,
+    tune_share: float = DEFAULT_TUNE_SHARE,
+    verify: bool = True,
+    verify_passes: bool = True,
+    examples: int = 8,
+    seed: int = 0,
+    archive: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> CompileResult:
+    """Compile an ONNX model with TVM for a named target and write the library to
+    `output` (see the module docstring). Raises GraphoptError (exit 2) for bad input and
+    VerificationError (exit 1) when the compiled module disagrees with onnxruntime."""
+    from . import io
+
+    times: dict[str, float] = {}
+    tgt = resolve_target(target)     # unknown target: fail before loading anything
+    require_tvm()
+    if tune_trials < 0:
+        raise GraphoptError("--tune-trials must be 0 or more")
+    if not 0.0 < tune_share <= 1.0:
+        raise GraphoptError("--tune-share must be in (0, 1]")
+    if tune_trials and not host_can_run(tgt):
+        raise GraphoptError(
+            f"tuning measures candidates by running them: target '{tgt.name}' does not run on "
+            "this machine (tune on the device with TVM's RPC runner, or build untuned)")
+    src_paths: tuple = ()
+    if not isinstance(model, onnx.ModelProto):
+        src_paths = (model,)
+        model = io.load(model)
+    out = Path(output)
+    io.check_destination(out, protect=src_paths)
+    t0 = time.perf_counter()
+    shapes = static_input_shapes(model, input_shapes)
+    spec = DEFAULT_SPEC if spec is None else spec
+    if spec.strip():
+        optimized, report = front_end(model, spec, shapes, verify=verify and verify_passes,
+                                      verify_options={"seed": seed}, seed=seed,
+                                      input_ranges=input_ranges, samples=samples, progress=progress)
+    else:
+        optimized, report = model, None
+    times["passes"] = time.perf_counter() - t0
+    if progress:
+        progress("importing into TVM")
+    t0 = time.perf_counter()
+    hint = ""
+    if "static-shapes" not in spec and "bind-shapes" not in spec:
+        hint = f" (hint: run graphopt's static-shapes passes first, e.g. -p {DEFAULT_SPEC})"
+    mod = import_onnx(optimized, shapes, hint=hint)
+    times["import"] = time.perf_counter() - t0
+    if progress:
+        progress(f"building for {tgt.name}")
+    t0 = time.perf_counter()
+    ex, tune = build(mod, tgt, tune_trials=tune_trials, tune_cache=tune_cache, tune_share=tune_share,
+                     progress=progress)
+    times["build"] = time.perf_counter() - t0
+
+    result = CompileResult(output=str(out), kind="", target=tgt.name, target_spec=dict(tgt.tvm),
+                           input_shapes=shapes, tuning=tune, report=report,
+                           nodes_before=len(model.graph.node), nodes_after=len(optimized.graph.node))
+    in_names = list(shapes)
+    out_names = [o.name for o in optimized.graph.output]
+    with tempfile.TemporaryDirectory(prefix=".graphopt-compile-", dir=str(out.parent if str(out.parent) else ".")) as tmp:
+        t0 = time.perf_counter()
+        written, kind, link = export(ex, tgt, Path(tmp) / out.name, archive=archive)
+        times["export"] = time.perf_counter() - t0
+        result.kind, result.link_hint = kind, link
+        if verify:
+            if progress:
+                progress("verifying against onnxruntime")
+            t0 = time.perf_counter()
+            if host_can_run(tgt) and kind == "shared library":
+                runner = TVMRunner.load(written, in_names, out_names)
+                what, result.verified = "the compiled library", "artifact"
+            else:
+                host_ex, _ = build(mod, _host_target())
+                runner = TVMRunner(host_ex, in_names, out_names)
+                what, result.verified = "the host build of the same module", "host build"
+            _check(model, optimized, runner, shapes, examples=examples, seed=seed, result=result,
+                   what=what, input_ranges=input_ranges, samples=samples)
+            times["verify"] = time.perf_counter() - t0
+            if result.verified == "host build":
+                result.verification += "; " + _emulation_note(tgt)
+        else:
+            result.verification = "not verified (--no-verify)"
+        final = out if written.suffix == out.suffix or kind == "shared library" else out.with_suffix(".tar")
+        if final != out:
+            io.check_destination(final, protect=src_paths)
+        os.replace(written, final)
+        result.output = str(final)
+    if result.kind == "object archive":
+        result.link_hint = link_hint(tgt, final, link)
+    result.seconds = times
+    return result
+
+
+def _check(reference: onnx.ModelProto, optimized: onnx.ModelProto, runner: TVMRunner,
+           shapes: dict, *, examples: int, seed: int, result: CompileResult, what: str,
+           input_ranges: dict | None = None, samples: list | None = None) -> None:
+    from .verify import compare
+
+    cmp = compare(reference, optimized, "float", examples=examples, seed=seed,
+                  input_shapes=shapes, input_ranges=input_ranges, samples=samples, runner_b=runner)
+    if cmp.skipped:
+        result.verification = f"{what}: not verified ({cmp.reason})"
+        result.verified = "no"
+        return
+    if not cmp.ok:
+        raise VerificationError(cmp.message(f"TVM's {what} differs from onnxruntime"))
+    result.verification = f"{what} vs onnxruntime (float contract): {cmp.summary}"
+
+
+def _emulation_note(target: Target) -> str:
+    qemu = shutil.which(target.qemu) if target.qemu else None
+    if qemu:
+        return (f"not run on {target.machine}: {target.qemu} is installed but no {target.machine} "
+                "TVM runtime is available to load the library under it")
+    return (f"not run on {target.machine}: no {target.qemu or 'emulator'} here "
+            f"(apt-get install qemu-user) and no {target.machine} TVM runtime")
