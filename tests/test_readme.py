@@ -54,6 +54,7 @@ def test_readme_quick_start_matches_ci():
     quick = re.search(r"## Quick start\s*```bash\n(.*?)```", README, re.S).group(1).splitlines()
     install_and_run, tests = quick[0], quick[1]
     assert "pip install ." in install_and_run and "graphopt models/" in install_and_run
+    assert "pip install \".[test,tvm]\"" in tests and "\".[test,tvm]\"" in ci
     model = re.search(r"graphopt (models/\S+\.onnx) -p (\S+)", install_and_run)
     assert (REPO / model.group(1)).exists()
     assert f"graphopt {model.group(1)} -p {model.group(2)}" in ci
