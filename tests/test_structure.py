@@ -77,3 +77,12 @@ def test_verifier_skips_runs_for_structural_passes_but_not_for_others():
     _, report = graphopt.optimize(bn, "fold-bn", return_report=True)
     v = report.records[0].extra["verify"]
     assert v["status"] == "ok" and v["model_runs"] > 0
+
+
+def test_shape_only_digest_is_a_necessary_condition():
+    w = RNG.standard_normal((4, 4)).astype(np.float32)
+    w2 = w + 1
+    a, b = _model(w), _model(w2)
+    assert computation_digest(a, content=False) == computation_digest(b, content=False)
+    assert computation_digest(a) != computation_digest(b)
+    assert computation_digest(_model(w, alpha=0.3), content=False) != computation_digest(a, content=False)

@@ -51,14 +51,19 @@ class _Snapshot:
     def __init__(self, proto: onnx.ModelProto, runner: Runner | None = None) -> None:
         self.proto = proto
         self.runner = runner
-        self._digest: str | None | bool = False  # False: not computed yet
+        self._digests: dict[bool, str | None] = {}
 
-    @property
-    def digest(self) -> str | None:
-        """What the outputs are computed from (see graphopt.verify.structure)."""
-        if self._digest is False:
-            self._digest = computation_digest(self.proto)
-        return self._digest
+    def digest(self, content: bool = True) -> str | None:
+        """What the outputs are computed from (see graphopt.verify.structure); with
+        `content=False` constants count by dtype and shape only (no weight hashing)."""
+        if content not in self._digests:
+            self._digests[content] = computation_digest(self.proto, content)
+        return self._digests[content]
+
+    def same_computation(self, other: "_Snapshot") -> bool:
+        if self.digest(False) is None or self.digest(False) != other.digest(False):
+            return False
+        return self.digest() == other.digest()
 
 
 class _Check:
@@ -163,7 +168,7 @@ class VerifyInstrument(Instrument):
             job.record.extra["verify"] = {"status": "skipped", "summary": "skipped: an earlier check failed"}
             return None
         p, before, after, contract, record = job.p, job.before, job.after, job.contract, job.record
-        if before.digest is not None and before.digest == after.digest:
+        if before.same_computation(after):
             # the same ops on the same values in the same order: bit-identical outputs
             record.extra["verify"] = {"status": "ok", "contract": contract.describe(), "model_runs": 0,
                                       "summary": "same computation (structural)"}

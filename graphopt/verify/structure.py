@@ -22,7 +22,10 @@ import onnx
 from onnx import numpy_helper
 
 
-def computation_digest(model: onnx.ModelProto) -> str | None:
+def computation_digest(model: onnx.ModelProto, content: bool = True) -> str | None:
+    """The digest described above. `content=False` identifies constants by dtype and shape
+    only: a cheap first test (different there means different computation) that spares
+    hashing the weights when a pass visibly changed the graph."""
     g = model.graph
     h = hashlib.blake2b(digest_size=20)
 
@@ -67,9 +70,12 @@ def computation_digest(model: onnx.ModelProto) -> str | None:
         if name in consts:
             if name not in const_ids:
                 t = consts[name]
-                data = t.raw_data if t.HasField("raw_data") else numpy_helper.to_array(t).tobytes()
-                const_ids[name] = "const:%d:%s:%s" % (
-                    t.data_type, list(t.dims), hashlib.blake2b(data, digest_size=16).hexdigest())
+                if content:
+                    data = t.raw_data if t.HasField("raw_data") else numpy_helper.to_array(t).tobytes()
+                    key = hashlib.blake2b(data, digest_size=16).hexdigest()
+                else:
+                    key = "?"
+                const_ids[name] = "const:%d:%s:%s" % (t.data_type, list(t.dims), key)
             return const_ids[name]
         return f"undefined:{name}"  # an input nobody defines: keep the name, never equal by accident
 
