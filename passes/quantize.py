@@ -66,7 +66,8 @@ class Quantize(Pass):
         "mode": Option(str, "auto", "static, dynamic or auto", ("auto", "static", "dynamic")),
         "method": Option(str, "minmax", "activation calibration", ("minmax", "percentile", "entropy")),
         "percentile": Option(float, 99.99, "percentile for method=percentile"),
-        "per_channel": Option(bool, True, "per-output-channel weight scales (needs opset >= 13)"),
+        "per_channel": Option(bool, True, "per-output-channel weight scales (needs opset >= 13; "
+                              "dynamic mode defaults to per-tensor, faster in onnxruntime)"),
         "symmetric": Option(bool, False, "symmetric activation ranges"),
         "activation_type": Option(str, "uint8", "activation integer type", ("uint8", "int8")),
         "op_types": Option(list, list(DEFAULT_OPS), "op types to quantize"),
@@ -106,6 +107,11 @@ class Quantize(Pass):
         opset = fp32.opset_import and max(
             (o.version for o in fp32.opset_import if o.domain in ("", "ai.onnx")), default=0)
         per_channel = self.per_channel
+        if mode == "dynamic" and "per_channel" not in self.given_options:
+            # onnxruntime's dynamic MatMulInteger path runs per-tensor weights faster
+            # (a 4-layer BERT-base-width encoder: 2.43x vs 2.34x over FP32); per_channel=true
+            # to trade that for a lower error
+            per_channel = False
         need = 13 if (per_channel or mode == "dynamic") else 10
         if mode == "dynamic":
             need = 11
