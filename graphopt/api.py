@@ -8,6 +8,7 @@ from typing import Any, Iterable, Sequence
 import onnx
 
 from . import io
+from ._proto import copy_fields
 from .ir import Model
 from .pipeline import Instrument, Pass, PassContext, PassManager, Report
 
@@ -155,8 +156,8 @@ def _checker_skeleton(proto: onnx.ModelProto) -> onnx.ModelProto:
     big_names = {t.name for t in big}
     input_names = {i.name for i in graph.input}
     skeleton = onnx.ModelProto()
-    _copy_fields(proto, skeleton, skip="graph")
-    _copy_fields(graph, skeleton.graph, skip="initializer")
+    copy_fields(proto, skeleton, skip=("graph",))
+    copy_fields(graph, skeleton.graph, skip=("initializer",))
     skeleton.graph.initializer.extend(t for t in graph.initializer if t.name not in big_names)
     for t in big:
         if t.name not in input_names:
@@ -164,14 +165,3 @@ def _checker_skeleton(proto: onnx.ModelProto) -> onnx.ModelProto:
     return skeleton
 
 
-def _copy_fields(src, dst, *, skip: str) -> None:
-    for fd, value in src.ListFields():
-        if fd.name == skip:
-            continue
-        repeated = fd.is_repeated if hasattr(fd, "is_repeated") else fd.label == fd.LABEL_REPEATED
-        if repeated:
-            getattr(dst, fd.name).extend(value)
-        elif fd.message_type is not None:
-            getattr(dst, fd.name).CopyFrom(value)
-        else:
-            setattr(dst, fd.name, value)

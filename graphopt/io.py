@@ -25,6 +25,7 @@ from typing import Iterator
 import onnx
 from google.protobuf.message import DecodeError
 
+from ._proto import copy_field
 from .errors import GraphoptError
 
 log = logging.getLogger(__name__)
@@ -324,14 +325,7 @@ def _raw_piece(t: onnx.TensorProto) -> _RawTensor | None:
     for fd, value in t.ListFields():
         if fd.number == _RAW_FIELD:
             continue
-        target = before if fd.number < _RAW_FIELD else after
-        repeated = fd.is_repeated if hasattr(fd, "is_repeated") else fd.label == fd.LABEL_REPEATED
-        if repeated:
-            getattr(target, fd.name).extend(value)
-        elif fd.message_type is not None:
-            getattr(target, fd.name).CopyFrom(value)
-        else:
-            setattr(target, fd.name, value)
+        copy_field(before if fd.number < _RAW_FIELD else after, fd, value)
     return _RawTensor(t, before.SerializeToString(), after.SerializeToString(), n)
 
 

@@ -20,6 +20,7 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.importers.onnx_importer import OnnxImporter
 
+from ._proto import copy_fields
 from .errors import GraphoptError
 
 log = logging.getLogger(__name__)
@@ -51,16 +52,7 @@ class Model:
     @classmethod
     def from_onnx(cls, proto: onnx.ModelProto) -> "Model":
         template = onnx.ModelProto()
-        for field, value in proto.ListFields():
-            if field.name == "graph":
-                continue
-            target = getattr(template, field.name)
-            if hasattr(value, "extend") or isinstance(value, (list, tuple)):
-                target.extend(value)
-            elif hasattr(value, "CopyFrom"):
-                target.CopyFrom(value)
-            else:
-                setattr(template, field.name, value)
+        copy_fields(proto, template, skip=("graph",))
         opset = None
         domains = []
         for imp in proto.opset_import:

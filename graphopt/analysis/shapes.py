@@ -19,6 +19,7 @@ from typing import Iterator, Mapping, Sequence
 import numpy as np
 import onnx
 
+from .._proto import copy_fields
 from ..errors import GraphoptError
 
 log = logging.getLogger(__name__)
@@ -148,16 +149,7 @@ def skeleton(model: onnx.ModelProto, bound: Mapping[str, tuple] | None = None) -
     left out (they become typed graph inputs); `bound` pins input shapes. Cheap to serialize."""
     bound = bound or {}
     sk = onnx.ModelProto()
-    for fd, value in model.ListFields():
-        if fd.name == "graph":
-            continue
-        target = getattr(sk, fd.name)
-        if hasattr(value, "extend") or isinstance(value, (list, tuple)):
-            target.extend(value)
-        elif hasattr(value, "CopyFrom"):
-            target.CopyFrom(value)
-        else:
-            setattr(sk, fd.name, value)
+    copy_fields(model, sk, skip=("graph",))
     src, g = model.graph, sk.graph
     g.name = src.name
     g.node.extend(src.node)
