@@ -34,6 +34,7 @@ table goes to benchmarks/results/quant.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import tempfile
@@ -177,7 +178,8 @@ def ort_quant(proto, calib, preprocess=False):
             from onnxruntime.quantization.shape_inference import quant_pre_process
 
             pre = os.path.join(d, "pre.onnx")
-            quant_pre_process(src, pre)
+            with contextlib.chdir(d):  # on failure it leaves sym_shape_infer_temp.onnx in the cwd
+                quant_pre_process(src, pre)
             src = pre
         if matmul_dominated(proto):
             quantize_dynamic(src, dst, weight_type=QuantType.QInt8)
