@@ -72,7 +72,7 @@ class Model:
         except Exception as e:  # gs raises assorted exceptions on malformed graphs
             raise GraphoptError(f"cannot import graph: {e}") from e
         node_meta = {}
-        for node in _iter_proto_nodes(proto.graph):
+        for node in iter_proto_nodes(proto.graph):
             if node.name and (node.doc_string or len(node.metadata_props)):
                 node_meta[node.name] = (node.doc_string, list(node.metadata_props))
         init_names = {t.name for t in proto.graph.initializer}
@@ -89,7 +89,7 @@ class Model:
         if self.initializer_inputs:
             self._export_initializer_inputs(model.graph)
         if self._node_meta:
-            for node in _iter_proto_nodes(model.graph):
+            for node in iter_proto_nodes(model.graph):
                 meta = self._node_meta.get(node.name)
                 if meta:
                     node.doc_string = meta[0]
@@ -213,14 +213,15 @@ def export_graph_into(graph: gs.Graph, out: onnx.GraphProto) -> None:
 # -- walking --------------------------------------------------------------------------
 
 
-def _iter_proto_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
+def iter_proto_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
+    """Every node of a GraphProto and of its subgraphs (If/Loop/Scan bodies), depth first."""
     for node in graph.node:
         yield node
         for attr in node.attribute:
             if attr.HasField("g"):
-                yield from _iter_proto_nodes(attr.g)
+                yield from iter_proto_nodes(attr.g)
             for g in attr.graphs:
-                yield from _iter_proto_nodes(g)
+                yield from iter_proto_nodes(g)
 
 
 def subgraphs_of(node: gs.Node) -> list[gs.Graph]:

@@ -348,18 +348,10 @@ def may_be_random(model: onnx.ModelProto) -> bool:
     """Whether the model may give different outputs on the same input: it has a Random*
     op, Multinomial, Bernoulli, Dropout (random when given training_mode), or an op of a
     custom domain (unknown). Only such models pay for the re-run that checks it."""
-    def nodes(graph):
-        for n in graph.node:
-            yield n
-            for a in n.attribute:
-                if a.type == onnx.AttributeProto.GRAPH:
-                    yield from nodes(a.g)
-                elif a.type == onnx.AttributeProto.GRAPHS:
-                    for g in a.graphs:
-                        yield from nodes(g)
+    from ..ir import iter_proto_nodes
 
     local = {(f.domain, f.name) for f in model.functions}
-    all_nodes = list(nodes(model.graph))
+    all_nodes = list(iter_proto_nodes(model.graph))
     for f in model.functions:
         all_nodes.extend(f.node)
     return any(n.op_type.startswith("Random") or n.op_type in _RANDOM_OPS
