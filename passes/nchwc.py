@@ -33,7 +33,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from graphopt import Model, Option, Pass, PassContext, PassResult, register_pass
-from graphopt.ir import const_value, fresh_namer
+from graphopt.ir import const_value, fresh_namer, outer_names_used, subgraphs_of
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ def _reorder_oihwbo(w: np.ndarray, b: int) -> np.ndarray:
 
 
 class _Rewriter:
-    def __init__(self, graph: gs.Graph, block: int, model: Model):
+    def __init__(self, graph: gs.Graph, block: int):
         self.graph = graph
         self.b = block
         self.namer = fresh_namer(graph)
@@ -294,10 +294,8 @@ class _Rewriter:
                 continue
             for t in node.inputs:
                 needed.add(t.name)
-            for sub in node.attrs.values():
-                if isinstance(sub, gs.Graph):
-                    from graphopt.ir import outer_names_used
-                    needed |= outer_names_used(sub)
+            for sub in subgraphs_of(node):
+                needed |= outer_names_used(sub)
         tensors = self.graph.tensors()
         for name, (twin, c, _) in self.blocked.items():
             if name not in needed or name not in tensors:
@@ -334,12 +332,9 @@ class OrtNchwc(Pass):
         if b <= 1:
             return PassResult(False, {"skipped": "onnxruntime uses no NCHWc layout on this CPU"})
         _annotate_shapes(model)
-        total = 0
-        stats = {"block": b, "conv": 0, "pool": 0, "elementwise": 0}
-        rw = _Rewriter(model.graph, b, model)  # the main graph: where the convolutions are
-        total += rw.run()
-        for k, v in rw.converted.items():
-            stats[k] += v
+        rw = _Rewriter(model.graph, b)  # the main graph: where the convolutions are
+        total = rw.run()
+        stats = {"block": b, **rw.converted}
         if total:
             model.set_metadata("graphopt.nchwc_block", str(b))
         return PassResult(total > 0, stats)
@@ -367,7 +362,7 @@ def _window_out(xshape: tuple, channels: int, kernel, attrs: dict) -> tuple | No
 
 
 def _annotate_shapes(model: Model) -> None:
-    """Fill in tensor shapes from onnx shape inference (the rewrite needs channel counts)."""
+    """Fill in tensor shapes (graphopt.analysis.shapes; the rewrite needs channel counts)."""
     proto = model.to_onnx()
     for node in proto.graph.node:  # onnx cannot infer FusedConv: it has Conv's shapes
         if node.domain == MS and node.op_type == "FusedConv":
@@ -376,16 +371,13 @@ def _annotate_shapes(model: Model) -> None:
             keep = [a for a in node.attribute if not a.name.startswith("activation")]
             del node.attribute[:]
             node.attribute.extend(keep)
+    from graphopt.analysis.shapes import infer_shapes
+
     try:
-        inferred = onnx.shape_inference.infer_shapes(proto)
+        shapes = {k: list(v) for k, v in infer_shapes(proto).shapes.items() if v is not None}
     except Exception as e:  # best effort
         log.debug("ort-nchwc: shape inference failed: %s", e)
         return
-    shapes = {}
-    for vi in list(inferred.graph.value_info) + list(inferred.graph.output) + list(inferred.graph.input):
-        tt = vi.type.tensor_type
-        if tt.HasField("shape"):
-            shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim]
     for name, t in model.graph.tensors().items():
         if isinstance(t, gs.Variable) and t.shape is None and name in shapes:
             t.shape = shapes[name]
