@@ -247,7 +247,11 @@ class Quantize(Pass):
         feeds = _cost_feeds(fp32, feed)
 
         def slowest(model):  # the worst FP32/INT8 latency ratio over the feeds
-            return min((lambda t: t[0] / t[1])(_compare_latency(fp32, model, f)) for f in feeds)
+            ratios = []
+            for f in feeds:
+                t_fp, t_q = _compare_latency(fp32, model, f)
+                ratios.append(t_fp / t_q)
+            return min(ratios)
 
         ratio = slowest(q)
         stats["latency_ratio"] = round(ratio, 3)
