@@ -506,6 +506,10 @@ class Instrument:
 
     def after_pipeline(self, model: Model, ctx: PassContext, report: "Report") -> None: ...
 
+    def pipeline_failed(self, model: Model, ctx: PassContext, error: BaseException) -> None:
+        """The pipeline stopped on `error` (raised by a pass or an instrument); release
+        what before_pipeline started. after_pipeline is not called."""
+
 
 @dataclass
 class PassRecord:
@@ -573,6 +577,20 @@ class PassManager:
         start = time.perf_counter()
         for inst in self.instruments:
             inst.before_pipeline(model, ctx)
+        try:
+            self._run_stages(model, report)
+        except BaseException as e:
+            for inst in self.instruments:
+                inst.pipeline_failed(model, ctx, e)
+            raise
+        report.seconds = time.perf_counter() - start
+        report.nodes_after = model.node_count()
+        report.bytes_after = model.weight_bytes()
+        for inst in self.instruments:
+            inst.after_pipeline(model, ctx, report)
+        return report
+
+    def _run_stages(self, model: Model, report: Report) -> None:
         for stage in self.stages:
             iterations = stage.max_iterations if stage.fixed_point else 1
             for it in range(iterations):
@@ -585,12 +603,6 @@ class PassManager:
             else:
                 if stage.fixed_point:
                     log.info("group '%s' did not settle after %d iterations", stage.group, iterations)
-        report.seconds = time.perf_counter() - start
-        report.nodes_after = model.node_count()
-        report.bytes_after = model.weight_bytes()
-        for inst in self.instruments:
-            inst.after_pipeline(model, ctx, report)
-        return report
 
     def _run_pass(self, p: Pass, model: Model, group: str | None, it: int, report: Report) -> PassRecord:
         if self.progress:

@@ -53,6 +53,7 @@ class CompareResult:
     repro: str | None = None
     seconds: float = 0.0
     model_runs: int = 0                 # inference runs this check cost (cached ones excluded)
+    runs_ahead: int = 0                 # of those, reference runs made before the check started
     # reusable by the caller (the instrument keeps them for the next check)
     runner_a: Runner | None = field(default=None, repr=False)
     runner_b: Runner | None = field(default=None, repr=False)
@@ -103,6 +104,8 @@ class CompareResult:
             "examples": self.examples, "samples": self.samples_used, "backend": self.backend,
             "seconds": round(self.seconds, 4), "model_runs": self.model_runs,
         }
+        if self.runs_ahead:
+            d["runs_ahead"] = self.runs_ahead
         if self.worst is not None:
             d.update(worst_output=self.worst.name, measure=self.worst.measure,
                      error=self.worst.error, tolerance=self.worst.tolerance)
@@ -339,6 +342,35 @@ def make_space(model: onnx.ModelProto, runner: Runner, input_shapes=None, input_
         except InvalidInput:
             pass
     return space
+
+
+def run_ahead(runner: Runner, space: InputSpace, samples: list[dict] | None, examples: int, seed: int,
+              stop=lambda: False) -> None:
+    """Run `runner`'s model on the inputs compare() judges first, in compare()'s order
+    (the real samples, then the seeded draws), until `examples` were accepted or
+    `stop()` says so. The outputs land in the runner's cache, so a later compare() given
+    this runner and space (the same seed and samples) finds its reference outputs ready."""
+    used = 0
+    for sample in (samples or [])[:examples]:
+        if stop():
+            return
+        try:
+            runner.run(space.from_sample(sample).feeds)
+        except InvalidInput:
+            return  # compare() stops on a rejected sample
+        used += 1
+    todo = examples - used
+    if todo <= 0 or not space.probed_ok:
+        return
+    valid = 0
+    for ex in space.draw(3 * todo, seed):
+        if valid >= todo or stop():
+            return
+        try:
+            runner.run(ex.feeds)
+        except InvalidInput:
+            continue
+        valid += 1
 
 
 _RANDOM_OPS = {"Multinomial", "Bernoulli", "Dropout"}

@@ -12,10 +12,16 @@ default: on the 2-core benchmark machine it gained nothing measurable (the overl
 bounded by the passes' own time, a tenth of the checks'); see
 benchmarks/results/verify.md.
 
-Evaluated and not done: building the input model's reference ahead, while the first
-passes run (it can only hide the passes' own time, and costs a session creation in a
-pipeline where no pass changes anything: `-p clean` on ResNet-50 went from 0.05 to 0.2 s);
-batching all examples into one onnxruntime call (ResNet-50, batch dim free: one batch-8
+Ahead of the first check (`ahead=True`, the default): when the pipeline starts, a
+worker thread builds the input model's runner and input space and runs the input model
+on the inputs the first check will draw, while the passes run on the main thread
+(onnxruntime releases the GIL). The first check that runs the model claims that runner:
+reference outputs already computed are cache hits, and the rest are computed by the
+worker while the check runs the model after the pass -- both models' runs overlap. A
+pipeline that changes nothing only tells the worker to stop after its current step and
+does not wait for it.
+
+Evaluated and not done: batching all examples into one onnxruntime call (ResNet-50, batch dim free: one batch-8
 run took longer than eight batch-1 runs); running the two models concurrently on one
 thread each (no faster than one after the other on two threads); checking a group of
 passes at once and bisecting on failure (a pass would no longer be judged alone under
@@ -35,10 +41,11 @@ import onnx
 from ..errors import VerificationError
 from ..ir import Model
 from ..pipeline import Instrument, Pass, PassContext, PassRecord, Report
-from .compare import DEFAULT_EXAMPLES, SHRINK_SECONDS, CompareResult, SignatureMismatch, compare, save_repro
+from .compare import (DEFAULT_EXAMPLES, SHRINK_SECONDS, CompareResult, SignatureMismatch, compare, make_space,
+                      run_ahead, save_repro)
 from .contracts import Contract, OutputCheck
 from .inputs import InputSpace
-from .runner import Runner
+from .runner import Runner, RunnerUnavailable
 from .structure import computation_digest
 
 log = logging.getLogger(__name__)
@@ -64,6 +71,48 @@ class _Snapshot:
         if self.digest(False) is None or self.digest(False) != other.digest(False):
             return False
         return self.digest() == other.digest()
+
+
+class _Ahead:
+    """The input model's reference outputs, computed on a worker thread while the first
+    passes run (module doc). `ready` is set once the runner and the input space exist
+    (or failed to: then `runner` is None and the first check builds its own)."""
+
+    def __init__(self, snap: _Snapshot, ctx: PassContext, examples: int, seed: int, threads: int) -> None:
+        self.snap = snap
+        self.serves = [snap]   # snapshots with the same computation as `snap`
+        self.runner: Runner | None = None
+        self.space = None
+        self.ready = threading.Event()
+        self._stop = threading.Event()
+        args = (ctx.input_shapes, ctx.input_ranges, list(ctx.samples or []), examples, seed, threads)
+        # not a daemon: a run in progress finishes before the interpreter exits
+        self.thread = threading.Thread(target=self._work, args=args, name="graphopt-verify-ahead")
+        self.thread.start()
+
+    def _work(self, shapes, ranges, samples, examples, seed, threads) -> None:
+        try:
+            runner = Runner(self.snap.proto, threads=threads)
+            space = make_space(self.snap.proto, runner, shapes, ranges)
+            self.runner, self.space = runner, space
+        except RunnerUnavailable:
+            return  # the first check says so, with the reason
+        except Exception as e:  # noqa: BLE001 - the first check builds its own and reports it
+            log.debug("verification ahead of the first check failed: %s", e)
+            return
+        finally:
+            self.ready.set()
+        if runner.backend == "onnxruntime" and space.deterministic:
+            run_ahead(runner, space, samples, examples, seed, stop=self._stop.is_set)
+
+    def claim(self) -> tuple[Runner | None, object]:
+        self.ready.wait()
+        return self.runner, self.space
+
+    def stop(self, wait: bool = True) -> None:
+        self._stop.set()
+        if wait:
+            self.thread.join()
 
 
 class _Check:
@@ -93,13 +142,15 @@ class VerifyInstrument(Instrument):
     threads: onnxruntime intra-op threads per session.
     background: with on_fail="abort", run each check on a worker thread, overlapping
         the next passes (module doc).
+    ahead: compute the input model's reference outputs on a worker thread while the
+        first passes run (module doc).
     """
 
     def __init__(
         self, on_fail: str = "abort", seed: int = 0, examples: int = DEFAULT_EXAMPLES,
         repro_dir: str = "graphopt-repro", shrink_seconds: float = SHRINK_SECONDS,
         rtol: float | None = None, atol: float | None = None, threads: int = 2,
-        background: bool = False,
+        background: bool = False, ahead: bool = True,
     ) -> None:
         if on_fail not in ("abort", "revert"):
             raise ValueError("on_fail must be 'abort' or 'revert'")
@@ -113,6 +164,8 @@ class VerifyInstrument(Instrument):
         self.rtol, self.atol = rtol, atol
         self.threads = threads
         self.background = background
+        self.ahead = ahead
+        self._ahead: _Ahead | None = None
         self.failures: list[CompareResult] = []
         self.checks = 0
         self._snap: _Snapshot | None = None
@@ -126,10 +179,13 @@ class VerifyInstrument(Instrument):
     # -- hooks ----------------------------------------------------------------------------
     def before_pipeline(self, model: Model, ctx: PassContext) -> None:
         self._finish(raise_error=False)
-        self._snap = None
+        self._stop_ahead(wait=True)   # a previous pipeline's worker, if still on its last step
+        self._snap = _Snapshot(model.to_onnx())
         self._space = None
         self._space_key = None
         self._error = None
+        if self.ahead:
+            self._ahead = _Ahead(self._snap, ctx, self.examples, self.seed, self.threads)
 
     def before_pass(self, p: Pass, model: Model, ctx: PassContext) -> None:
         self._raise_if_failed()
@@ -158,9 +214,33 @@ class VerifyInstrument(Instrument):
         return self._run_check(job)
 
     def after_pipeline(self, model: Model, ctx: PassContext, report: Report) -> None:
+        self._stop_ahead(wait=False)  # nothing claimed it: the pipeline changed nothing
         self._finish(raise_error=True)
         report.extra["verify"] = {"checks": self.checks, "failures": len(self.failures)}
         self._snap = None
+
+    def pipeline_failed(self, model: Model, ctx: PassContext, error: BaseException) -> None:
+        self._stop_ahead(wait=False)
+        self._finish(raise_error=False)
+        self._snap = None
+
+    def _stop_ahead(self, wait: bool) -> None:
+        if self._ahead is not None:
+            self._ahead.stop(wait)
+            if wait:
+                self._ahead = None
+
+    def _claim_ahead(self, before: _Snapshot) -> _Ahead | None:
+        """The worker's runner for `before` if it is the model the worker runs."""
+        ahead = self._ahead
+        if ahead is None or before not in ahead.serves:
+            return None
+        runner, space = ahead.claim()
+        if runner is None:
+            return None
+        before.runner = runner
+        self._space, self._space_key = space, _space_key(before.proto)
+        return ahead
 
     # -- the checks ---------------------------------------------------------------------------
     def _run_check(self, job: _Check) -> str | None:
@@ -174,7 +254,11 @@ class VerifyInstrument(Instrument):
                                       "summary": "same computation (structural)"}
             log.info("pass '%s' verified structurally: the outputs' computation is unchanged", p.name)
             after.runner = before.runner
+            if self._ahead is not None and before in self._ahead.serves:
+                self._ahead.serves.append(after)  # the worker's outputs hold for `after` too
             return None
+        ahead = self._claim_ahead(before)
+        done_ahead = before.runner.runs if ahead is not None else 0
         try:
             result = compare(
                 before.proto, after.proto, contract, examples=self.examples, seed=self.seed,
@@ -186,6 +270,13 @@ class VerifyInstrument(Instrument):
             result = CompareResult(ok=False, contract=contract)
             result.worst = OutputCheck("(signature)", False, float("inf"), 0.0, "crash", str(e))
             result.counterexample_text = "no input (the signature changed)"
+        finally:
+            if ahead is not None:
+                self._stop_ahead(wait=True)
+        if ahead is not None and result.runner_a is ahead.runner and result.runner_b is not None:
+            # the worker's runs were this check's reference runs, made ahead of it
+            result.runs_ahead = done_ahead
+            result.model_runs = ahead.runner.runs + result.runner_b.runs
         job.result = result
         if result.runner_a is not None:
             before.runner = result.runner_a

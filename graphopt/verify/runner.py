@@ -4,6 +4,7 @@ reference evaluator, else none (the caller skips with a visible warning)."""
 from __future__ import annotations
 
 import logging
+import threading
 
 import numpy as np
 import onnx
@@ -21,7 +22,11 @@ class InvalidInput(Exception):
 
 class Runner:
     """Runs one model many times. `backend` is 'onnxruntime' or 'onnx-reference'.
-    `note` says why the fallback was used, when it was."""
+    `note` says why the fallback was used, when it was.
+
+    Thread-safe: two threads asking for the same input share one run (the second waits
+    for the first's outputs), which lets a worker compute reference outputs ahead of
+    the check that needs them (graphopt.verify.instrument)."""
 
     CACHE_BYTES = 256 << 20
 
@@ -31,6 +36,9 @@ class Runner:
         # the next check, the same drawn inputs need not run again.
         self._cache: dict[tuple, list[np.ndarray]] = {}
         self._cache_bytes = 0
+        self._lock = threading.Lock()
+        self._inflight: dict[tuple, threading.Event] = {}
+        self._serial: threading.Lock | None = None  # set for a backend that is not thread-safe
         self.runs = 0
         self.output_names = [o.name for o in model.graph.output]
         try:
@@ -60,6 +68,7 @@ class Runner:
             from onnx.reference import ReferenceEvaluator
 
             self._ref = ReferenceEvaluator(model)
+            self._serial = threading.Lock()
             self._sess = None
             self.backend = "onnx-reference"
             log.warning("%s; using onnx's reference evaluator instead", self.note)
@@ -68,22 +77,41 @@ class Runner:
 
     def run(self, feeds: dict[str, np.ndarray], cache: bool = True) -> list[np.ndarray]:
         key = _digest(feeds)
-        hit = self._cache.get(key) if cache else None
-        if hit is not None:
-            return hit
+        mine = None
+        while cache:
+            with self._lock:
+                hit = self._cache.get(key)
+                if hit is not None:
+                    return hit
+                pending = self._inflight.get(key)
+                if pending is None:
+                    mine = self._inflight[key] = threading.Event()
+                    break
+            pending.wait()  # another thread is running this input; then look again
         try:
+            outs = self._execute(feeds)
+            size = sum(getattr(o, "nbytes", 0) for o in outs)
+            with self._lock:
+                if cache and self._cache_bytes + size <= self.CACHE_BYTES:
+                    self._cache[key] = outs
+                    self._cache_bytes += size
+            return outs
+        finally:
+            if mine is not None:
+                with self._lock:
+                    self._inflight.pop(key, None)
+                mine.set()
+
+    def _execute(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        with self._lock:
             self.runs += 1
+        try:
             if self._sess is not None:
-                outs = self._sess.run(None, feeds)
-            else:
-                outs = [np.asarray(o) for o in self._ref.run(None, feeds)]
+                return self._sess.run(None, feeds)
+            with self._serial:
+                return [np.asarray(o) for o in self._ref.run(None, feeds)]
         except Exception as e:  # noqa: BLE001
             raise InvalidInput(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__) from e
-        size = sum(getattr(o, "nbytes", 0) for o in outs)
-        if cache and self._cache_bytes + size <= self.CACHE_BYTES:
-            self._cache[key] = outs
-            self._cache_bytes += size
-        return outs
 
 
 def _digest(feeds: dict[str, np.ndarray]) -> tuple:
