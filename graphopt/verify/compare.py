@@ -302,10 +302,13 @@ def _fail(result: CompareResult, checker: _Checker, c: OutputCheck, ex: Example,
     return _done(result, t0)
 
 
-def make_space(model: onnx.ModelProto, runner: Runner, input_shapes=None, input_ranges=None) -> InputSpace:
-    """The input space of a model, with symbolic dims raised until the model accepts
-    the smallest example (e.g. a CNN whose image dims are symbolic)."""
-    space = InputSpace.from_model(model, input_shapes, input_ranges)
+def make_space(model: onnx.ModelProto, runner: Runner, input_shapes=None, input_ranges=None,
+               space: InputSpace | None = None) -> InputSpace:
+    """The input space of a model (or `space`, made by InputSpace.from_model), probed:
+    symbolic dims are raised until the model accepts the smallest example (e.g. a CNN
+    whose image dims are symbolic)."""
+    if space is None:
+        space = InputSpace.from_model(model, input_shapes, input_ranges)
     space.probed_ok = False
     space.probe_error = ""
     dims = space.min_dims()

@@ -45,7 +45,7 @@ from .compare import (DEFAULT_EXAMPLES, SHRINK_SECONDS, CompareResult, Signature
                       run_ahead, save_repro)
 from .contracts import Contract, OutputCheck
 from .inputs import InputSpace
-from .runner import Runner, RunnerUnavailable
+from .runner import Runner, RunnerUnavailable, SessionRecipe
 from .structure import computation_digest
 
 log = logging.getLogger(__name__)
@@ -85,15 +85,29 @@ class _Ahead:
         self.space = None
         self.ready = threading.Event()
         self._stop = threading.Event()
-        args = (ctx.input_shapes, ctx.input_ranges, list(ctx.samples or []), examples, seed, threads)
+        # the Python-heavy preparation here, the onnxruntime calls on the worker
+        try:
+            recipe = SessionRecipe(snap.proto, threads)
+        except Exception as e:  # noqa: BLE001 - onnxruntime missing or failing: the first check builds its own
+            log.debug("no session recipe ahead of the first check: %s", e)
+            recipe = None
+        try:
+            self.space = InputSpace.from_model(snap.proto, ctx.input_shapes, ctx.input_ranges)
+        except Exception as e:  # noqa: BLE001 - the first check reports it
+            log.debug("no input space ahead of the first check: %s", e)
+            recipe = None
+        args = (recipe, list(ctx.samples or []), examples, seed, threads)
         # not a daemon: a run in progress finishes before the interpreter exits
         self.thread = threading.Thread(target=self._work, args=args, name="graphopt-verify-ahead")
         self.thread.start()
 
-    def _work(self, shapes, ranges, samples, examples, seed, threads) -> None:
+    def _work(self, recipe, samples, examples, seed, threads) -> None:
+        if self.space is None:
+            self.ready.set()
+            return
         try:
-            runner = Runner(self.snap.proto, threads=threads)
-            space = make_space(self.snap.proto, runner, shapes, ranges)
+            runner = Runner(self.snap.proto, threads=threads, recipe=recipe)
+            space = make_space(self.snap.proto, runner, space=self.space)
             self.runner, self.space = runner, space
         except RunnerUnavailable:
             return  # the first check says so, with the reason
