@@ -570,3 +570,62 @@ def test_models_without_random_ops_skip_the_determinism_rerun():
     assert may_be_random(h.make_model(g, opset_imports=[h.make_opsetid("", 17)]))
     res = compare(conv_model(), conv_model(), "exact", examples=8)
     assert res.ok and res.model_runs == 16, res.model_runs  # 8 examples x 2 models, the probe is example 1
+
+
+# ------------------------------------------------------------------ float noise floor
+
+
+def test_noise_floor_perturbs_weights_but_not_shape_like_vectors():
+    from graphopt.verify.noise import MIN_ELEMENTS, perturb_weights
+
+    w = RNG.standard_normal((8, 3, 3, 3)).astype(np.float32)
+    scales = np.array([1, 1, 2, 2], np.float32)
+    g = h.make_graph(
+        [h.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+         h.make_node("Resize", ["c", "", "scales"], ["y"], mode="nearest")],
+        "g", [h.make_tensor_value_info("x", T.FLOAT, [1, 3, 4, 4])],
+        [h.make_tensor_value_info("y", T.FLOAT, [1, 8, 8, 8])],
+        [nh.from_array(w, "w"), nh.from_array(scales, "scales")])
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 17)])
+    p = perturb_weights(m)
+    got = {t.name: nh.to_array(t) for t in p.graph.initializer}
+    assert scales.size < MIN_ELEMENTS and np.array_equal(got["scales"], scales)
+    rel = np.abs(got["w"].astype(np.float64) - w) / np.abs(w)
+    assert 0 < rel.max() <= 2 * np.finfo(np.float32).eps and (got["w"] != w).any()  # eps, then rounded
+    assert nh.to_array(m.graph.initializer[0]).tobytes() == w.tobytes()  # the input is untouched
+
+
+def test_noise_floor_spares_rounding_on_ill_conditioned_inputs_but_not_bugs():
+    """PP-OCRv4's detector after fold-bn, on a large-magnitude input: the outputs move
+    by more than the float tolerance (huge activations cancel before the Sigmoid), and
+    by less than rounding the weights by one ulp moves them -- no bug. A real bug on
+    the same input still fails."""
+    from graphopt.verify.contracts import Contract, check_output
+
+    det = onnx.load(_rapidocr_model("ch_PP-OCRv4_det_infer.onnx"))
+    folded = graphopt.optimize(det, "fold-bn", verify=False)
+    x = {"x": (np.random.default_rng(1).standard_normal((1, 3, 64, 64)) * 1000).astype(np.float32)}
+    a, b = run_ort(det, x)[0], run_ort(folded, x)[0]
+    assert not check_output("y", a, b, Contract("float")).ok  # the plain tolerance alone: a false alarm
+    res = compare(det, folded, "float", samples=[x], examples=1)
+    assert res.ok and any("float noise" in n for n in res.notes), (res.summary, res.notes)
+    # a swapped pair of output channels in one convolution: a bug, on the same input
+    buggy = onnx.ModelProto()
+    buggy.CopyFrom(folded)
+    inits = {t.name: t for t in buggy.graph.initializer}
+    convs = [n for n in buggy.graph.node if n.op_type == "Conv" and n.input[1] in inits]
+    t = inits[convs[len(convs) // 2].input[1]]
+    w = nh.to_array(t).copy()
+    w[[0, 1]] = w[[1, 0]]
+    t.CopyFrom(nh.from_array(w, t.name))
+    res = compare(folded, buggy, "float", samples=[x], examples=1, shrink_seconds=0)
+    assert not res.ok, res.summary
+
+
+def test_real_pypi_detector_verifies_with_its_pipeline():
+    """The default job on PP-OCRv4's detector: no false alarm (drawn inputs include
+    large magnitudes, where fold-bn's rounding exceeds the plain tolerance)."""
+    det = onnx.load(_rapidocr_model("ch_PP-OCRv4_det_infer.onnx"))
+    _, report = graphopt.optimize(det, "clean,fuse", return_report=True)
+    checked = [r.extra["verify"] for r in report.records if r.changed]
+    assert checked and all(v["status"] == "ok" for v in checked), checked

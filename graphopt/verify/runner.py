@@ -153,7 +153,7 @@ def _options(ort, threads: int):
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
-    so.log_severity_level = 3
+    so.log_severity_level = 4  # rejected inputs come back as exceptions (InvalidInput), not log lines
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return so
 
