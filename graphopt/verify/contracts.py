@@ -5,7 +5,8 @@ float   per output, elementwise |a - b| <= atol + rtol * max|a| where max|a| is 
         largest finite magnitude of the reference output a. Defaults rtol=1e-4,
         atol=1e-6: Conv-BN folding on ResNet-50 lands around 1e-6 relative; a dropped
         bias, a swapped channel or a sign flip land at 1e-2 and above. NaN/inf must sit
-        at the same places.
+        at the same places. An output past this bound is judged once more against the
+        input's float noise by the comparison (graphopt.verify.noise).
 lossy   a budget on metrics of the user's or the pass's choosing (worst case over
         examples and float outputs): rel_l2 = ||a-b|| / ||a|| (at most), cosine =
         cos(a, b) (at least), top1 = share of rows (last axis) whose argmax agrees (at
