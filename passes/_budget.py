@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
+from graphopt.verify.contracts import cosine, rel_l2, top1_agreement
+
 _TINY = 1e-12
 
 
@@ -28,19 +30,16 @@ def excess(budget: dict[str, float], ref: list[list], got: list[list]) -> float:
                 if np.array_equal(fa, fb, equal_nan=True):
                     continue
                 return float("inf")
-            na, nb = float(np.linalg.norm(fa)), float(np.linalg.norm(fb))
             for metric, bound in budget.items():
                 if metric == "rel_l2":
-                    d = float(np.linalg.norm(fa - fb))
-                    val = d / na if na > 0 else (0.0 if d == 0 else float("inf"))
-                    worst = max(worst, val / max(bound, _TINY))
+                    worst = max(worst, rel_l2(fa, fb) / max(bound, _TINY))
                 elif metric == "cosine":
-                    cos = float(fa @ fb / (na * nb)) if na > 0 and nb > 0 else (1.0 if na == nb else 0.0)
-                    worst = max(worst, (1.0 - cos) / max(1.0 - bound, _TINY))
-                elif metric == "top1" and a.ndim > 0 and a.shape[-1] >= 2:
-                    ra, rb = a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1])
-                    agree += int(np.count_nonzero(ra.argmax(-1) == rb.argmax(-1)))
-                    rows += ra.shape[0]
+                    worst = max(worst, (1.0 - cosine(fa, fb)) / max(1.0 - bound, _TINY))
+                elif metric == "top1":
+                    pair = top1_agreement(a, b)
+                    if pair is not None:
+                        agree += pair[0]
+                        rows += pair[1]
     if "top1" in budget and rows:
         worst = max(worst, (1.0 - agree / rows) / max(1.0 - budget["top1"], _TINY))
     return worst

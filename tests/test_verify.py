@@ -629,3 +629,30 @@ def test_real_pypi_detector_verifies_with_its_pipeline():
     _, report = graphopt.optimize(det, "clean,fuse", return_report=True)
     checked = [r.extra["verify"] for r in report.records if r.changed]
     assert checked and all(v["status"] == "ok" for v in checked), checked
+
+
+def test_lossy_metrics_do_not_divide_by_an_output_that_is_zero_within_atol():
+    """PP-OCRv4's detector on a 1x1 image: every float32 probability underflows to 0,
+    the float16 model leaves one at 3e-8. Relative to an all-zero reference that is an
+    infinite error; it is no error at all. A real difference still counts."""
+    from graphopt.verify.contracts import Contract, check_output
+
+    a = np.zeros((1, 1, 32, 32), np.float32)
+    b = a.copy()
+    b[0, 0, 3, 4] = 3e-8
+    for budget in ({"rel_l2": 0.01}, {"cosine": 0.99}):
+        assert check_output("y", a, b, Contract("lossy", budget=budget)).ok, budget
+        b2 = a.copy()
+        b2[0, 0, 3, 4] = 0.5
+        assert not check_output("y", a, b2, Contract("lossy", budget=budget)).ok, budget
+    # small but real outputs keep their relative measure
+    a = np.full((64,), 1e-3, np.float32)
+    assert not check_output("y", a, a * 1.5, Contract("lossy", budget={"rel_l2": 0.05})).ok
+
+
+def test_top1_counts_any_maximum_of_a_tied_reference_row():
+    from graphopt.verify.contracts import top1_agreement
+
+    a = np.array([[0.0, 0.0, 0.0], [0.1, 0.7, 0.2], [0.5, 0.5, 0.0]], np.float32)
+    b = np.array([[0.0, 1e-8, 0.0], [0.1, 0.2, 0.7], [0.4, 0.6, 0.0]], np.float32)
+    assert top1_agreement(a, b) == (2, 3)  # rows 0 and 2 tie in the reference; row 1 disagrees

@@ -10,7 +10,10 @@ float   per output, elementwise |a - b| <= atol + rtol * max|a| where max|a| is 
 lossy   a budget on metrics of the user's or the pass's choosing (worst case over
         examples and float outputs): rel_l2 = ||a-b|| / ||a|| (at most), cosine =
         cos(a, b) (at least), top1 = share of rows (last axis) whose argmax agrees (at
-        least; pooled over all examples). Default budget {"rel_l2": 0.05}.
+        least; pooled over all examples; where the reference row ties, any of its
+        maxima agrees). Default budget {"rel_l2": 0.05}. An output that is zero within
+        atol (||a|| below atol * sqrt(size)) is not divided by: rel_l2 takes that floor
+        as its denominator, and cosine is 1 when ||a-b|| is below it.
 
 Integer and boolean outputs must match exactly under every contract except lossy.
 """
@@ -123,6 +126,31 @@ def check_output(name: str, a: np.ndarray, b: np.ndarray, contract: Contract) ->
     return OutputCheck(name, err <= tol, err, tol, "max abs err")
 
 
+def rel_l2(fa: np.ndarray, fb: np.ndarray, atol: float = DEFAULT_ATOL) -> float:
+    """||a-b|| / ||a|| of two flat float64 arrays, the denominator at least atol*sqrt(n)."""
+    num = float(np.linalg.norm(fa - fb))
+    den = max(float(np.linalg.norm(fa)), atol * np.sqrt(fa.size))
+    return num / den if den > 0 else (0.0 if num == 0 else float("inf"))
+
+
+def cosine(fa: np.ndarray, fb: np.ndarray, atol: float = DEFAULT_ATOL) -> float:
+    """cos(a, b) of two flat float64 arrays; 1 when they differ by less than atol*sqrt(n)."""
+    if float(np.linalg.norm(fa - fb)) <= atol * np.sqrt(fa.size):
+        return 1.0
+    na, nb = float(np.linalg.norm(fa)), float(np.linalg.norm(fb))
+    return float(fa @ fb / (na * nb)) if na > 0 and nb > 0 else 0.0
+
+
+def top1_agreement(a: np.ndarray, b: np.ndarray) -> tuple[int, int] | None:
+    """(rows of the last axis where b's argmax is one of a's maxima, rows), or None when
+    the output has no class axis."""
+    if a.ndim == 0 or a.shape[-1] < 2:
+        return None
+    ra, rb = a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1])
+    picked = ra[np.arange(ra.shape[0]), rb.argmax(-1)]
+    return int(np.count_nonzero(picked == ra.max(-1))), ra.shape[0]
+
+
 def _check_lossy(name: str, a: np.ndarray, b: np.ndarray, contract: Contract) -> OutputCheck:
     fa, fb = a.astype(np.float64).reshape(-1), b.astype(np.float64).reshape(-1)
     if not (np.isfinite(fa).all() and np.isfinite(fb).all()):
@@ -133,21 +161,16 @@ def _check_lossy(name: str, a: np.ndarray, b: np.ndarray, contract: Contract) ->
     top1 = None
     for metric, bound in contract.budget.items():
         if metric == "rel_l2":
-            den = float(np.linalg.norm(fa))
-            num = float(np.linalg.norm(fa - fb))
-            val = num / den if den > 0 else (0.0 if num == 0 else float("inf"))
+            val = rel_l2(fa, fb, contract.atol)
             c = OutputCheck(name, val <= bound, val, bound, "rel_l2")
         elif metric == "cosine":
-            na, nb = float(np.linalg.norm(fa)), float(np.linalg.norm(fb))
-            val = float(fa @ fb / (na * nb)) if na > 0 and nb > 0 else (1.0 if na == nb else 0.0)
+            val = cosine(fa, fb, contract.atol)
             c = OutputCheck(name, val >= bound, val, bound, "cosine")
         else:  # top1: judged pooled over examples by the caller; per example it is informative
-            if a.ndim == 0 or a.shape[-1] < 2:
+            top1 = top1_agreement(a, b)
+            if top1 is None:
                 continue
-            ra, rb = a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1])
-            agree = int(np.count_nonzero(ra.argmax(-1) == rb.argmax(-1)))
-            top1 = (agree, ra.shape[0])
-            c = OutputCheck(name, True, agree / ra.shape[0], bound, "top1")
+            c = OutputCheck(name, True, top1[0] / top1[1], bound, "top1")
         if worst is None or (not c.ok and worst.ok) or (c.ok == worst.ok and c.margin > worst.margin):
             worst = c
     if worst is None:
