@@ -453,6 +453,30 @@ def toposort(graph: gs.Graph) -> None:
         sort_nodes(g)
 
 
+def remove_dead_nodes(graph: gs.Graph) -> int:
+    """Remove the nodes of one graph (not its subgraphs) whose outputs reach no graph
+    output; a subgraph's reads of outer tensors count as uses. Returns how many."""
+    live_names = {t.name for t in graph.outputs}
+    live_nodes: set[int] = set()
+    try:
+        sort_nodes(graph)  # reverse topological order below
+    except GraphoptError:  # pragma: no cover - cyclic graphs are rejected elsewhere
+        pass
+    for node in reversed(graph.nodes):
+        if any(t.name in live_names for t in node.outputs):
+            live_nodes.add(id(node))
+            live_names.update(t.name for t in node.inputs)
+            for sub in subgraphs_of(node):
+                live_names |= outer_names_used(sub)
+    before = len(graph.nodes)
+    for n in graph.nodes:
+        if id(n) not in live_nodes:
+            n.inputs.clear()  # detach so gs does not export dead tensors as value_info
+            n.outputs.clear()
+    graph.nodes = [n for n in graph.nodes if id(n) in live_nodes]
+    return before - len(graph.nodes)
+
+
 def sort_nodes(graph: gs.Graph) -> None:
     """Topologically sort one graph's nodes in place (not its subgraphs), keeping the
     current order wherever it is already valid. A node holding subgraphs depends on the

@@ -26,9 +26,8 @@ import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
 from graphopt import Model, Option, Pass, PassContext, PassResult, register_group, register_pass
-from graphopt.errors import GraphoptError
-from graphopt.ir import (const_value, iter_graphs, outer_names_used, replace_all_uses, sort_nodes,
-                          subgraphs_of)
+from graphopt.ir import (const_value, iter_graphs, remove_dead_nodes, replace_all_uses,
+                          sort_nodes, subgraphs_of)
 
 log = logging.getLogger(__name__)
 
@@ -48,33 +47,9 @@ class DeadCodeElimination(Pass):
     def run(self, model: Model, ctx: PassContext) -> PassResult:
         removed = 0
         for graph in list(iter_graphs(model.graph)):
-            removed += _dce(graph)
+            removed += remove_dead_nodes(graph)
         # Dead nodes are detached, so their tensors no longer export as value_info.
         return PassResult(removed > 0, {"nodes_removed": removed})
-
-
-def _dce(graph: gs.Graph) -> int:
-    live_names = {t.name for t in graph.outputs}
-    live_nodes: set[int] = set()
-    # Walk in reverse topological order; the graph may be unsorted, so sort first.
-    try:
-        sort_nodes(graph)
-    except GraphoptError:  # pragma: no cover - cyclic graphs are rejected elsewhere
-        pass
-    for node in reversed(graph.nodes):
-        if any(t.name in live_names for t in node.outputs):
-            live_nodes.add(id(node))
-            live_names.update(t.name for t in node.inputs)
-            for sub in subgraphs_of(node):
-                live_names |= outer_names_used(sub)
-    before = len(graph.nodes)
-    for n in graph.nodes:
-        if id(n) not in live_nodes:
-            n.inputs.clear()  # detach so gs does not export dead tensors as value_info
-            n.outputs.clear()
-    graph.nodes = [n for n in graph.nodes if id(n) in live_nodes]
-    removed = before - len(graph.nodes)
-    return removed
 
 
 # ---------------------------------------------------------------- prune-initializers
