@@ -546,3 +546,22 @@ def test_fuse_ort_conv_add_relu():
     check_equiv(m, out, feeds_for(m))
     mb = model([1, 4, 1, 6])
     assert ops(opt(mb, "fuse-ort-activation", target="ort")) == ["Conv", "Add", "Relu"]
+
+
+def test_folding_weights_held_by_constant_nodes_leaves_no_unread_constant():
+    """PaddleOCR exports keep every weight in a Constant node; a fold that replaces the
+    weight must not leave the old Constant node (and its bytes) in the model."""
+    rng = np.random.default_rng(0)
+    consts = [helper.make_node("Constant", [], [name], value=W(name, v)) for name, v in (
+        ("w", rng.standard_normal((4, 3, 3, 3))), ("b", rng.standard_normal(4)),
+        ("scale", rng.uniform(0.5, 1.5, 4)), ("shift", rng.standard_normal(4)),
+        ("mean", rng.standard_normal(4)), ("var", rng.uniform(0.5, 1.5, 4)))]
+    m = make(consts + [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+                       helper.make_node("BatchNormalization", ["c", "scale", "shift", "mean", "var"], ["y"])],
+             [vi("x", [1, 3, 8, 8])], [vi("y", [1, 4, 8, 8])])
+    out = opt(m, "fold-bn")
+    assert [n.op_type for n in out.graph.node if n.op_type != "Constant"] == ["Conv"]
+    read = {i for n in out.graph.node for i in n.input}
+    assert all(o in read for n in out.graph.node for o in n.output if n.op_type == "Constant"), \
+        [n.output for n in out.graph.node]
+    check_equiv(m, out, {"x": rng.standard_normal((1, 3, 8, 8)).astype(np.float32)})
