@@ -3,11 +3,13 @@
 Every pass is a small local rewrite over each (sub)graph. A rewrite only fires when the
 intermediate tensors it removes have exactly one consumer, are not graph outputs and are
 not read by a subgraph. The last node of a matched chain hands its output tensor over to
-the fused node, so names, consumers and graph outputs are kept.
+the fused node, so names, consumers and graph outputs are kept; producers a rewrite
+leaves unread (a replaced weight's Constant node) are removed with the graph's dead nodes.
 
 Target awareness (PassContext.target): 'onnx' and 'tvm' get standard ops only, and only
 those the model's opset has (HardSwish >= 14, LayerNormalization >= 17, Gelu >= 20);
-'ort' additionally gets com.microsoft FusedConv / FusedGemm / Gelu. `upgrade-opset`
+'ort' additionally gets com.microsoft FusedConv / FusedGemm / Gelu / BiasGelu /
+SkipLayerNormalization / Attention. `upgrade-opset`
 (first in the group) converts the model with onnx's version converter, but only when
 the user allowed it (allow_opset_upgrade) and a fusion needs the newer opset.
 """
