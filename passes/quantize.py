@@ -42,6 +42,7 @@ from graphopt import Model, Option, Pass, PassContext, PassResult, register_pass
 from graphopt.ir import fresh_namer, outer_names_used, subgraphs_of
 
 from graphopt.pipeline import budget_options
+from graphopt.verify.contracts import rel_l2 as _contract_rel_l2
 
 from . import _calibrate
 from ._budget import describe, excess, layer_errors
@@ -329,9 +330,8 @@ def _run(proto: onnx.ModelProto, samples: list[dict]) -> list[list[np.ndarray]]:
 
 
 def rel_l2(a: np.ndarray, b: np.ndarray) -> float:
-    a = a.astype(np.float64).ravel()
-    b = b.astype(np.float64).ravel()
-    return float(np.linalg.norm(a - b) / max(np.linalg.norm(a), 1e-12))
+    """||a-b|| / ||a|| as the verifier measures it (graphopt.verify.contracts.rel_l2)."""
+    return _contract_rel_l2(np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel())
 
 
 def _error(ref, got) -> float:
@@ -699,12 +699,14 @@ class _Builder:
             if xs is None:
                 return
             bs = (np.float32(xs) * s).astype(np.float32)
-            if bs.ndim == 0 and b.ndim == 1 and b.shape[0] != 1:
-                bs_b = bs
-            else:
-                bs_b = bs
-            bs_safe = np.where(bs_b > 0, bs_b, 1.0).astype(np.float32)
-            qb = np.clip(np.round(b / bs_safe), -(2**31) + 1, 2**31 - 1).astype(np.int32)
+            bs_safe = np.where(bs > 0, bs, 1.0).astype(np.float32)
+            with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+                qb64 = np.round(b.astype(np.float64) / bs_safe.astype(np.float64))
+            if not np.all(np.abs(qb64) <= 2**31 - 1):
+                # the bias does not fit int32 at scale s_x * s_w (e.g. a channel of tiny
+                # weights): keep it in float rather than saturate it
+                return
+            qb = qb64.astype(np.int32)
             battrs = {"axis": 0} if bs.ndim == 1 and bs.size > 1 else {}
             if bs.ndim == 1 and bs.size == 1:
                 bs_safe = bs_safe.reshape(())

@@ -196,3 +196,23 @@ def test_pipeline_with_verifier_and_fp16_digits():
     b = _session(q, True).run(None, {"input": x})[0]
     a = _session(m, True).run(None, {"input": x})[0]
     assert (b.argmax(1) == y).mean() >= (a.argmax(1) == y).mean() - 0.01
+
+
+def test_bias_that_does_not_fit_int32_stays_float():
+    """A channel of tiny weights makes s_x * s_w tiny: bias / scale overflows int32. It was
+    clipped in float32, where 2**31 - 1 rounds to 2**31 and the cast wrapped to -2**31 (a
+    saturated bias with its sign flipped). Such a bias now stays float."""
+    rng = np.random.default_rng(0)
+    w = rng.normal(0, 1, (2, 3, 3, 3)).astype(np.float32)
+    w[1] *= 1e-30
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["y"], name="conv", pads=[1, 1, 1, 1])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 8, 8])],
+                          [onnx.numpy_helper.from_array(w, "w"),
+                           onnx.numpy_helper.from_array(np.array([0.5, 2.0], np.float32), "b")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    samples = [{"x": rng.normal(0, 1, (1, 3, 8, 8)).astype(np.float32)} for _ in range(2)]
+    q, _ = _quant(m, samples, measure=False, accuracy=False)
+    assert validate(q) is None
+    out = _session(q).run(None, samples[0])[0]
+    np.testing.assert_allclose(out[0, 1], 2.0, rtol=1e-3)  # the tiny channel is its bias
