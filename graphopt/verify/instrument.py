@@ -15,17 +15,22 @@ benchmarks/results/verify.md.
 Ahead of the first check (`ahead=True`, the default): when the pipeline starts, a
 worker thread builds the input model's runner and input space and runs the input model
 on the inputs the first check will draw, while the passes run on the main thread
-(onnxruntime releases the GIL). The first check that runs the model claims that runner:
+(onnxruntime releases the GIL). The session's Python-side preparation (SessionRecipe) is
+done on the main thread first: done on the worker, it competed with the passes for the
+GIL and took ten times longer. The first check that runs the model claims that runner:
 reference outputs already computed are cache hits, and the rest are computed by the
 worker while the check runs the model after the pass -- both models' runs overlap. A
 pipeline that changes nothing only tells the worker to stop after its current step and
 does not wait for it.
 
-Evaluated and not done: batching all examples into one onnxruntime call (ResNet-50, batch dim free: one batch-8
-run took longer than eight batch-1 runs); running the two models concurrently on one
-thread each (no faster than one after the other on two threads); checking a group of
-passes at once and bisecting on failure (a pass would no longer be judged alone under
-its own contract, and compensating mistakes would pass unnoticed).
+Evaluated and not done: batching all examples into one onnxruntime call (ResNet-50,
+batch dim free: one batch-8 run took longer than eight batch-1 runs); running the two
+models concurrently on one thread each (no faster than one after the other on two
+threads); writing the output file while the last check runs (background checks with a
+commit gate before the rename: no faster on two cores, the write competes with the
+runs); checking a group of passes at once and bisecting on failure (a pass would no
+longer be judged alone under its own contract, and compensating mistakes would pass
+unnoticed).
 """
 
 from __future__ import annotations
