@@ -33,6 +33,15 @@ def run_ort(model, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     return ort_session(model).run(None, feeds)
 
 
+def check_equiv(a, b, feeds, rtol=1e-4):
+    """`b` passes onnx.checker and its outputs match `a`'s within rtol of each output's magnitude."""
+    onnx.checker.check_model(b)
+    ra, rb = run_ort(a, feeds), run_ort(b, feeds)
+    for x, y in zip(ra, rb):
+        scale = float(np.max(np.abs(x))) + 1e-6
+        assert np.max(np.abs(x - y)) <= rtol * scale, (np.max(np.abs(x - y)), scale)
+
+
 @pytest.fixture
 def models_dir() -> Path:
     return MODELS

@@ -13,7 +13,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import graphopt
-from conftest import run_ort
+from conftest import check_equiv
 
 archs = pytest.importorskip("graphopt.testing.archs")
 
@@ -40,14 +40,6 @@ def ops(model):
 
 def attention_nodes(model):
     return [n for n in model.graph.node if n.op_type == "Attention"]
-
-
-def check_equiv(a, b, feeds, rtol=1e-4):
-    onnx.checker.check_model(b)
-    ra, rb = run_ort(a, feeds), run_ort(b, feeds)
-    for x, y in zip(ra, rb):
-        scale = float(np.max(np.abs(x))) + 1e-6
-        assert np.max(np.abs(x - y)) <= rtol * scale, (np.max(np.abs(x - y)), scale)
 
 
 def token_feeds(batch=2, seq=8, vocab=100):

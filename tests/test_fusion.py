@@ -11,7 +11,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import graphopt
-from conftest import run_ort, zoo_models
+from conftest import check_equiv, zoo_models
 
 F = TensorProto.FLOAT
 RNG = np.random.default_rng(0)
@@ -39,14 +39,6 @@ def vi(name, shape):
 
 def opt(model, spec, **ctx):
     return graphopt.optimize(model, spec, verify=False, **ctx)
-
-
-def check_equiv(a, b, feeds, rtol=1e-4):
-    onnx.checker.check_model(b)
-    ra, rb = run_ort(a, feeds), run_ort(b, feeds)
-    for x, y in zip(ra, rb):
-        scale = float(np.max(np.abs(x))) + 1e-6
-        assert np.max(np.abs(x - y)) <= rtol * scale, (np.max(np.abs(x - y)), scale)
 
 
 def ops(model):
