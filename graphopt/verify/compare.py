@@ -406,7 +406,7 @@ def run_ahead(runner: Runner, space: InputSpace, samples: list[dict] | None, exa
     if todo <= 0 or not space.probed_ok:
         return
     valid = 0
-    for ex in space.draw(3 * todo, seed):
+    for ex in _attempts(space, todo, seed):
         if valid >= todo or stop():
             return
         try:
@@ -439,6 +439,12 @@ def _is_batch(space: InputSpace, key: str) -> bool:
         key in s.dims[1:] for s in space.specs)
 
 
+def _attempts(space: InputSpace, n: int, seed: int) -> list[Example]:
+    """The drawn inputs tried for `n` valid examples, in order (compare() and run_ahead()
+    must agree on them for the reference outputs run ahead to be cache hits)."""
+    return space.draw(3 * n, seed)
+
+
 def _draw_and_check(space: InputSpace, checker: _Checker, n: int, seed: int, shrink_seconds: float):
     """Judge `n` valid directly drawn examples (inputs the reference model rejects do not
     count, at most 3n are tried). On the first failure, shrink it: hypothesis searches
@@ -446,7 +452,7 @@ def _draw_and_check(space: InputSpace, checker: _Checker, n: int, seed: int, shr
     failure, the drawn failing example is reported as it is.
     Returns (failing example, its check, shrink steps) or None."""
     start = checker.valid
-    attempts = space.draw(3 * n, seed)
+    attempts = _attempts(space, n, seed)
     for ex in attempts:
         if checker.valid - start >= n:
             break
