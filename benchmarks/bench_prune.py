@@ -8,7 +8,9 @@ torch-pruning`), the models are defined in torch, exported to ONNX (the common
 baseline), and pruned both ways from the same weights:
 
 - graphopt `prune(ratio=r)` on the exported ONNX (L1 criterion, uniform per coupled
-  group, no reconstruction: it changes values, not shapes), also with `round_to=8`;
+  group, no reconstruction: it changes values, not shapes) at default options (kept
+  widths rounded to onnxruntime's NCHWc block of this CPU), with `round_to=1` (exact
+  ratios, the old default) and with `round_to=8`;
 - Torch-Pruning `MagnitudePruner(pruning_ratio=r, importance=L1)` on the torch module
   (classifier ignored), also with `round_to=8`, then exported to ONNX.
 
@@ -58,6 +60,12 @@ def interleaved_medians(sessions, feeds, runs: int, warmup: int = 3) -> list[flo
     jobs = {i: (lambda s=s: s.run(None, feeds)) for i, s in enumerate(sessions)}
     med = interleaved_median(jobs, runs=runs, warmup=warmup, shuffle=True)
     return [med[i] * 1e3 for i in range(len(sessions))]
+
+
+def _block() -> int:
+    from graphopt.passes.nchwc import probe_block_size
+
+    return probe_block_size()
 
 
 # ------------------------------------------------------------------------------ torch side
@@ -204,7 +212,8 @@ def main() -> None:
         f"CPU: {cpu_name()}; onnxruntime {ort.__version__}, 2 intra-op threads, allow_spinning=0, "
         f"batch 1, interleaved runs, median of {args.runs}; {peer}. Random weights (speed does not "
         "depend on values), both tools prune the same weights with the L1 criterion and a uniform "
-        "ratio; `r8` = kept channels rounded to a multiple of 8. Reproduce: `python benchmarks/bench_prune.py`.",
+        "ratio; `default` = graphopt's default widths (multiples of onnxruntime's NCHWc block on this CPU: "
+        f"{_block()}), `r1` = exact ratios (no rounding), `r8` = kept channels rounded to a multiple of 8. Reproduce: `python benchmarks/bench_prune.py`.",
         "",
         "| model | variant | GMACs | MACs ratio | (1-r)^2 | params (M) | latency ms | speedup | prune s |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
@@ -226,7 +235,9 @@ def main() -> None:
         shape = [d.dim_value or 1 for d in inp.type.tensor_type.shape.dim]
         variants = [("original", base, 0.0, None)]
         for r in ratios:
-            for spec, label in ((f"prune(ratio={r})", f"graphopt {r}"), (f"prune(ratio={r}, round_to=8)", f"graphopt {r} r8")):
+            for spec, label in ((f"prune(ratio={r})", f"graphopt {r} default"),
+                                (f"prune(ratio={r}, round_to=1)", f"graphopt {r} r1"),
+                                (f"prune(ratio={r}, round_to=8)", f"graphopt {r} r8")):
                 t0 = time.perf_counter()
                 out = graphopt.optimize(base, spec, verify=False)
                 variants.append((label, out, r, time.perf_counter() - t0))

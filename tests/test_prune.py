@@ -69,7 +69,12 @@ def _samples(n=8, shape=(2, 3, 32, 32), seed=0):
     return [{"input": np.random.default_rng(seed + i).standard_normal(shape).astype(np.float32)} for i in range(n)]
 
 
-def _prune(model, spec, samples=None):
+def _prune(model, spec, samples=None, exact_ratio=True):
+    """Prune with `spec`; with exact_ratio (the default here) the kept widths are not
+    rounded to the CPU's NCHWc block (round_to=1), so that the ratio semantics are tested
+    independently of the machine. test_default_widths_* cover the default rounding."""
+    if exact_ratio and "round_to" not in spec:
+        spec = spec.replace("prune(", "prune(round_to=1, ", 1)
     out, report = graphopt.optimize(model, spec, verify=False, return_report=True, samples=samples)
     onnx.checker.check_model(out, full_check=True)
     onnx.shape_inference.infer_shapes(out, strict_mode=True)
@@ -260,6 +265,29 @@ def test_rounding_and_min_channels(arch_models):
             assert n.inputs[1].values.shape[0] >= 6
 
 
+@pytest.mark.parametrize("block", [None, 8, 16, 0])
+def test_default_widths_follow_the_nchwc_block(arch_models, monkeypatch, block):
+    """By default kept widths are multiples of onnxruntime's NCHWc block on this CPU
+    (probed like ort-nchwc; forced here to 8/16/none to cover other CPUs); `round_to`
+    overrides it. The chosen widths are reported."""
+    from graphopt.passes import nchwc
+
+    if block is not None:
+        monkeypatch.setattr(nchwc, "probe_block_size", lambda: block)
+    expect = (nchwc.probe_block_size() or 1) if block is None else (block or 1)
+    for arch in ("resnet", "mobilenet_v2"):
+        out, stats = _prune(arch_models[arch], "prune(ratio=0.3)", exact_ratio=False)
+        assert stats["width_multiple"] == expect
+        assert stats["widths"], stats
+        kept = [int(v.split("->")[1]) for v in stats["widths"].values()]
+        assert all(k % expect == 0 for k in kept), stats["widths"]
+        _, exact = _prune(arch_models[arch], "prune(ratio=0.3, round_to=1)", exact_ratio=False)
+        if expect > 1:  # the override: exact ratios, widths that are not multiples
+            assert any(int(v.split("->")[1]) % expect for v in exact["widths"].values()), exact["widths"]
+    _, r8 = _prune(arch_models["resnet"], "prune(ratio=0.3, round_to=8)", exact_ratio=False)
+    assert r8["width_multiple"] == 8 and all(int(v.split("->")[1]) % 8 == 0 for v in r8["widths"].values())
+
+
 def test_layer_ratios_exclude_and_global(arch_models):
     model = arch_models["dense_inception"]
     base = Model.from_onnx(model).graph
@@ -296,7 +324,7 @@ def test_activation_needs_samples(arch_models):
         graphopt.optimize(arch_models["resnet"], "prune(criterion=activation)", verify=False)
 
 
-@pytest.mark.parametrize("spec", ["prune(ratio=1.0)", "prune(layer_ratios=[conv])", "prune(round_to=0)"])
+@pytest.mark.parametrize("spec", ["prune(ratio=1.0)", "prune(layer_ratios=[conv])", "prune(round_to=-1)"])
 def test_bad_options(spec):
     with pytest.raises(GraphoptError):
         graphopt.optimize(pg.resnet_like(), spec, verify=False)
@@ -369,7 +397,7 @@ def test_graph_output_and_unknown_ops_block():
          helper.make_tensor_value_info(z, onnx.TensorProto.FLOAT, [1, 4, 8, 8])], b.inits)
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid("my.domain", 1)])
     model = Model.from_onnx(m)
-    result = get_pass("prune")(ratio=0.5).run(model, PassContext())
+    result = get_pass("prune")(ratio=0.5, round_to=1).run(model, PassContext())
     stats = result.stats
     assert stats["blocked_channels"] == 8 + 4
     assert "graph output" in stats["blocked_by"] and any("MyOp" in k for k in stats["blocked_by"])
