@@ -38,6 +38,8 @@ def optimize(
         ctx = PassContext(**ctx_fields)
     elif ctx_fields:
         raise TypeError("give either ctx or context keywords, not both")
+    io.check_ops(model)
+    ctx = _with_checked_samples(ctx, model)
     working = Model.from_onnx(model)
     inst = list(instruments)
     if verify:
@@ -47,6 +49,18 @@ def optimize(
     report = PassManager(spec, ctx, inst).run(working)
     out = working.to_onnx()
     return (out, report) if return_report else out
+
+
+def _with_checked_samples(ctx: PassContext, model: onnx.ModelProto) -> PassContext:
+    """The context with its samples validated against the model (and loaded, when given
+    as a path): every consumer of samples (verification, lossy passes) gets them from here."""
+    if ctx.samples is None:
+        return ctx
+    import dataclasses
+
+    from .samples import prepare_samples
+
+    return dataclasses.replace(ctx, samples=prepare_samples(ctx.samples, model))
 
 
 def default_output_path(src: str | os.PathLike) -> str:
@@ -77,6 +91,8 @@ def optimize_file(
     proto, sources = io.load_with_sources(src)
     protect = () if in_place else tuple(sources)
     io.check_destination(dst, external_data=external_data, protect=protect)  # fail before the work
+    io.check_ops(proto)
+    manager.ctx = _with_checked_samples(manager.ctx, proto)
     model = Model.from_onnx(proto)
     input_valid = check_model(proto, what=os.fspath(src))
     del proto

@@ -22,6 +22,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
 
@@ -93,8 +94,69 @@ def external_files(model: onnx.ModelProto, base_dir: Path) -> set[Path]:
             raise GraphoptError(
                 f"external data file '{location}' for tensor '{tensor.name}' not found next to the model"
             )
+        _check_bounds(tensor, location, target)
         files.add(target)
     return files
+
+
+def external_span(tensor: onnx.TensorProto) -> tuple[str, int, int | None]:
+    """(location, offset, length or None) of an external tensor."""
+    info = {e.key: e.value for e in tensor.external_data}
+    try:
+        offset = int(info.get("offset") or 0)
+        length = int(info["length"]) if info.get("length") else None
+    except ValueError:
+        raise GraphoptError(
+            f"tensor '{tensor.name}': external data offset/length is not a number "
+            f"(offset '{info.get('offset')}', length '{info.get('length')}')") from None
+    if offset < 0 or (length is not None and length < 0):
+        raise GraphoptError(f"tensor '{tensor.name}': negative external data offset or length")
+    return info.get("location", ""), offset, length
+
+
+def _check_bounds(tensor: onnx.TensorProto, location: str, target: Path) -> None:
+    """The tensor's bytes lie inside its data file and are as many as its shape and type need."""
+    _, offset, length = external_span(tensor)
+    size = target.stat().st_size
+    if offset > size or (offset == size and length):
+        raise GraphoptError(
+            f"external data of tensor '{tensor.name}' starts at byte {offset}, past the end of "
+            f"'{location}' ({size} bytes)")
+    if length is not None and offset + length > size:
+        raise GraphoptError(
+            f"external data of tensor '{tensor.name}' runs past the end of '{location}': "
+            f"bytes {offset}..{offset + length} of a {size}-byte file")
+    need = _fixed_nbytes(tensor)
+    have = length if length is not None else size - offset
+    if need is not None and have < need:
+        raise GraphoptError(
+            f"external data file '{location}' is too short for tensor '{tensor.name}': "
+            f"{have} bytes from offset {offset}, its shape and type need {need}")
+    if need is not None and length is not None and length != need:
+        raise GraphoptError(
+            f"external data of tensor '{tensor.name}' in '{location}' is {length} bytes, "
+            f"its shape and type need {need}")
+
+
+def _fixed_nbytes(t: onnx.TensorProto) -> int | None:
+    """Bytes of a tensor's data from its shape and type; None for types without a fixed size
+    (strings) or that pack several elements per byte (4-bit and 2-bit types)."""
+    if t.data_type in (onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED):
+        return None
+    try:
+        if t.data_type in _SUBBYTE_TYPES:
+            return None
+        itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
+    except (KeyError, TypeError, ValueError):
+        return None
+    n = itemsize
+    for d in t.dims:
+        n *= d
+    return n
+
+
+_SUBBYTE_TYPES = {getattr(onnx.TensorProto, n) for n in ("INT4", "UINT4", "FLOAT4E2M1", "INT2", "UINT2")
+                  if hasattr(onnx.TensorProto, n)}
 
 
 def load(path: str | os.PathLike, *, load_external_data: bool = True) -> onnx.ModelProto:
@@ -151,6 +213,50 @@ def _parse_file(f, model: onnx.ModelProto, path: Path) -> None:
             buf.close()
 
 
+_STANDARD_DOMAINS = {"": "", "ai.onnx": "", "ai.onnx.ml": "ai.onnx.ml"}
+
+
+def check_ops(model: onnx.ModelProto) -> None:
+    """Refuse nodes of a standard ONNX domain (the default one, ai.onnx.ml) whose op has no
+    schema at the opset the model imports: no runtime can load them, and passes cannot
+    know what they compute. Custom domains and model-local functions are allowed."""
+    from onnx import defs
+
+    opsets = {}
+    for imp in model.opset_import:
+        domain = _STANDARD_DOMAINS.get(imp.domain)
+        if domain is not None:
+            opsets[domain] = imp.version
+    local = {(f.domain, f.name) for f in model.functions}
+    from .ir import iter_proto_nodes
+
+    nodes = list(iter_proto_nodes(model.graph))
+    for func in model.functions:
+        nodes.extend(func.node)
+    checked: set[tuple[str, str]] = set()
+    for node in nodes:
+        domain = _STANDARD_DOMAINS.get(node.domain)
+        if domain is None or (node.domain, node.op_type) in local or (domain, node.op_type) in checked:
+            continue
+        checked.add((domain, node.op_type))
+        where = f"node '{node.name}'" if node.name else f"an unnamed node (output '{next(iter(node.output), '')}')"
+        shown = f"domain '{domain}'" if domain else "the default ONNX domain"
+        if not defs.has(node.op_type, domain):
+            raise GraphoptError(f"unknown op '{node.op_type}' in {shown} ({where}); "
+                                "use a custom domain for custom ops")
+        version = opsets.get(domain)
+        if version is None:
+            raise GraphoptError(f"op '{node.op_type}' ({where}) is in {shown}, which the model "
+                                "does not import (no opset_import entry)")
+        try:
+            defs.get_schema(node.op_type, version, domain)
+        except defs.SchemaError:
+            first = min(s.since_version for s in defs.get_all_schemas_with_history()
+                        if s.name == node.op_type and s.domain == domain)
+            raise GraphoptError(f"op '{node.op_type}' ({where}) exists from opset {first} of {shown} "
+                                f"on, but the model imports opset {version}") from None
+
+
 def model_byte_size(model: onnx.ModelProto) -> int:
     """Approximate serialized size, without serializing: tensor payloads plus a margin."""
     total = 0
@@ -184,6 +290,8 @@ def check_destination(
     path = Path(path)
     directory = path.parent if str(path.parent) else Path(".")
     if not directory.is_dir():
+        if directory.exists():
+            raise GraphoptError(f"{path}: '{directory}' is not a folder")
         raise GraphoptError(f"{path}: output folder '{directory}' does not exist")
     if path.is_dir():
         raise GraphoptError(f"{path}: is a directory, expected an output file name")
@@ -192,6 +300,13 @@ def check_destination(
     for target in targets:
         if target.resolve() in protected:
             raise GraphoptError(f"refusing to overwrite the input file '{target}' (use --in-place)")
+    # A permission check (os.access) says yes to root on a read-only mount and on /proc:
+    # make and remove the temporary folder `save` will write into.
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".graphopt-", dir=directory))
+    except OSError as e:
+        raise GraphoptError(f"{path}: cannot write to output folder '{directory}': "
+                            f"{e.strerror or e}") from e
 
 
 def save(
@@ -216,7 +331,11 @@ def save(
     check_destination(path, external_data=external_data, protect=protect)
     data_name = path.name + ".data"
 
-    tmpdir = Path(tempfile.mkdtemp(prefix=".graphopt-", dir=directory))
+    try:
+        tmpdir = Path(tempfile.mkdtemp(prefix=".graphopt-", dir=directory))
+    except OSError as e:
+        raise GraphoptError(f"{path}: cannot write to output folder '{directory}': "
+                            f"{e.strerror or e}") from e
     try:
         tmp_model = tmpdir / path.name
         if external_data:
