@@ -99,7 +99,7 @@ def test_bad_pass_is_caught_with_small_counterexample(bad, bad_passes, tmp_path)
         graphopt.optimize(model, f"test-bad-{bad}", verify_options={"repro_dir": str(tmp_path)})
     msg = str(e.value)
     assert f"test-bad-{bad}" in msg and "'y'" in msg
-    folder = tmp_path / f"01-test-bad-{bad}"
+    (folder,) = tmp_path.glob(f"*-01-test-bad-{bad}")
     assert {"before.onnx", "after.onnx", "inputs.npz", "README.txt"} <= {p.name for p in folder.iterdir()}
     with np.load(folder / "inputs.npz") as data:
         x = data["x"]
@@ -224,8 +224,11 @@ def test_contracts_judge_correctly():
     assert not check_output("o", a, a + np.float32(1e-7) * np.array([0, 1, 0], np.float32) * 100,
                             Contract("exact")).ok
     big = np.array([1000.0, 1.0], np.float32)
-    assert check_output("o", big, big + np.array([0.05, 0.05], np.float32), Contract("float")).ok
-    assert not check_output("o", big, big + np.array([0.0, 0.5], np.float32), Contract("float")).ok
+    assert check_output("o", big, big + np.array([0.05, 0.05], np.float32), Contract("float", rtol=1e-4)).ok
+    assert not check_output("o", big, big + np.array([0.0, 0.5], np.float32), Contract("float", rtol=1e-4)).ok
+    # the default rtol (1e-6) alone accepts a few ulps; more is left to the noise floor (compare)
+    assert check_output("o", big, big + np.array([0.0, 0.0005], np.float32), Contract("float")).ok
+    assert not check_output("o", big, big + np.array([0.05, 0.0], np.float32), Contract("float")).ok
     ints = np.array([1, 2, 3])
     assert not check_output("o", ints, ints + np.array([0, 0, 1]), Contract("float")).ok
     logits = RNG.standard_normal((4, 10)).astype(np.float32)
@@ -407,7 +410,8 @@ def test_cli_run_exits_1_on_a_failed_check(tmp_path, monkeypatch, capsys):
         assert rc == 1
         assert not (tmp_path / "out.onnx").exists()
         assert "test-plugin-negate" in capsys.readouterr().err
-        assert (tmp_path / "repro" / "01-test-plugin-negate" / "inputs.npz").exists()
+        (folder,) = (tmp_path / "repro").glob("*-01-test-plugin-negate")
+        assert (folder / "inputs.npz").exists()
         rc = cli_main([str(src), "-p", "test-plugin-negate", "--plugin", "badplugin_verify_test",
                        "--on-fail", "revert", "--repro-dir", str(tmp_path / "repro2"),
                        "-o", str(tmp_path / "out.onnx")])
@@ -465,7 +469,7 @@ def test_float_defaults_pass_conv_bn_folding_but_catch_a_dropped_bias():
     m = archs.resnet50(batch="N", image=64, width=0.5)
     good = compare(m, _fold_bn(m), "float", examples=4)
     assert good.ok and not good.skipped, good.summary
-    assert good.worst.error < good.worst.tolerance / 5  # comfortably inside the tolerance
+    assert good.worst.error <= good.worst.tolerance  # within a few ulps or within the input's float noise
     bad = compare(m, _fold_bn(m, drop_bias_of=20), "float", examples=4)
     assert not bad.ok, bad.summary
 

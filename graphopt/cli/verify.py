@@ -24,7 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--contract", choices=("exact", "float", "lossy"), default="float",
                    help="exact: identical values; float (default): |a-b| <= atol + rtol*max|a|; "
                         "lossy: a budget on --metric")
-    g.add_argument("--rtol", type=float, default=None, help="float contract: relative tolerance (default 1e-4)")
+    g.add_argument("--rtol", type=float, default=None, help="float contract: relative error always accepted (default 1e-6); "
+                        "above it an output must stay within its input's float noise")
     g.add_argument("--atol", type=float, default=None, help="float contract: absolute tolerance (default 1e-6)")
     g.add_argument("--metric", choices=("rel_l2", "cosine", "top1"), default=None,
                    help="lossy contract: the metric (default rel_l2)")
@@ -36,13 +37,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     v.add_argument("--verify-examples", type=int, default=None, metavar="N",
                    help="inputs compared (default 8; --samples are used first)")
     v.add_argument("--repro-dir", default=None, metavar="DIR",
-                   help="where the reproducer goes on failure (default ./graphopt-repro/verify)")
+                   help="where the reproducer goes on failure (default: a new folder "
+                        "./graphopt-repro/<date-time>-verify, never an earlier run's)")
 
 
 def run(args: argparse.Namespace) -> int:
     from .. import io
     from ..verify import compare, save_repro
-    from ..verify.compare import DEFAULT_EXAMPLES
+    from ..verify.compare import DEFAULT_EXAMPLES, unique_dir
 
     examples = DEFAULT_EXAMPLES if args.verify_examples is None else args.verify_examples
     if examples < 1:
@@ -61,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed, input_shapes=ctx.input_shapes, input_ranges=ctx.input_ranges, samples=ctx.samples, threads=2,
     )
     if not result.ok and not result.skipped:
-        save_repro(args.repro_dir or "graphopt-repro/verify", a, b, result,
+        save_repro(args.repro_dir or unique_dir("graphopt-repro", "verify"), a, b, result,
                    title=f"graphopt verify {args.model_a} {args.model_b}")
     if args.json:
         json.dump(result.as_dict(), sys.stdout, indent=2, default=str)

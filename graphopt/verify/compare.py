@@ -21,9 +21,9 @@ import numpy as np
 import onnx
 
 from ..errors import GraphoptError
-from .contracts import Contract, OutputCheck, check_output
+from .contracts import FALLBACK_RTOL, Contract, OutputCheck, check_output, is_float_dtype
 from .inputs import Example, InputSpace, graph_inputs
-from .noise import NOISE_FACTOR, noise_floor, perturb_weights
+from .noise import NOISE_FACTOR, NoiseSource
 from .runner import InvalidInput, Runner, RunnerUnavailable
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,7 @@ class CompareResult:
     runner_a: Runner | None = field(default=None, repr=False)
     runner_b: Runner | None = field(default=None, repr=False)
     space: InputSpace | None = field(default=None, repr=False)
+    noise: NoiseSource | None = field(default=None, repr=False)
 
     @property
     def summary(self) -> str:
@@ -81,7 +82,7 @@ class CompareResult:
         w = self.worst
         if w is None:
             return "unknown"
-        if w.measure in ("shape", "dtype", "nan", "crash"):
+        if w.measure in ("shape", "dtype", "nan", "crash", "rejected", "kind"):
             return w.detail
         if w.measure in ("cosine", "top1"):
             return f"{w.measure} {w.error:.4g} < {w.tolerance:.4g}"
@@ -92,6 +93,9 @@ class CompareResult:
         if self.ok:
             return f"{what}: {self.summary}"
         w = self.worst
+        if w is not None and w.measure == "rejected":
+            text = f"{what}: {w.detail}"
+            return text + (f"; reproducer in {self.repro}" if self.repro else "")
         text = (f"{what}: output '{w.name}' {self.failure_detail()} under the "
                 f"{self.contract.describe()} contract, on {self.counterexample_text}")
         if self.repro:
@@ -142,45 +146,88 @@ def check_signatures(a: onnx.ModelProto, b: onnx.ModelProto) -> None:
 
 class _Checker:
     """Runs both models on examples and judges them under the contract. A float output
-    past its tolerance is judged again against the input's float noise
-    (graphopt.verify.noise), from a weight-perturbed copy of the first model built on
-    first need."""
+    past the contract's small tolerance is judged again against the input's float noise
+    (graphopt.verify.noise.NoiseSource, shared across checks when the caller gives one):
+    it passes only within NOISE_FACTOR times that floor. Without a floor (onnxruntime
+    cannot run the perturbed model) it is judged at FALLBACK_RTOL, and a note says so.
+    Outputs that are sequences, maps or optionals are compared element by element; a
+    value the comparison cannot handle is reported as not compared, never a crash."""
 
     def __init__(self, ra: Runner, rb: Runner, names: list[str], contract: Contract,
-                 model_a: onnx.ModelProto | None = None, threads: int = 1) -> None:
+                 noise: NoiseSource | None = None) -> None:
         self.ra, self.rb, self.names, self.contract = ra, rb, names, contract
-        self.model_a, self.threads = model_a, threads
-        self._noise: Runner | None | bool = None   # False: cannot be built
+        self.noise = noise
         self.noise_judged = 0                       # outputs that passed on their noise floor
+        self.fixed_judged = 0                       # outputs judged at FALLBACK_RTOL (no floor)
+        self.noise_ratio = 0.0                      # the largest error / floor seen
+        self.not_compared: dict[str, str] = {}      # output -> why
         self.valid = 0
         self.worst: OutputCheck | None = None
         self.top1: dict[str, list] = {}   # output -> [agree, rows, worst example, worst share]
+        self._floors: tuple[int, list[float] | None] | None = None
 
-    def _noise_runner(self) -> Runner | None:
-        if self._noise is None:
-            self._noise = False
-            if self.model_a is not None and self.ra.backend == "onnxruntime":
-                try:
-                    self._noise = Runner(perturb_weights(self.model_a), threads=self.threads)
-                except Exception as e:  # noqa: BLE001 - no relief then; the check stands
-                    log.debug("no noise-floor model: %s", e)
-        return self._noise or None
+    def _floor(self, feeds: dict, index: int) -> float | None:
+        if self.noise is None or not self.noise.available:
+            return None
+        if self._floors is None or self._floors[0] != id(feeds):
+            self._floors = (id(feeds), self.noise.floors(feeds))
+        floors = self._floors[1]
+        return None if floors is None or index >= len(floors) else floors[index]
 
-    def _against_noise(self, c: OutputCheck, feeds: dict, index: int, a: np.ndarray) -> OutputCheck:
-        runner = self._noise_runner()
-        if runner is None:
-            return c
-        try:
-            floor = noise_floor(a, runner.run(feeds)[index])
-        except InvalidInput:
-            return c
+    def _against_noise(self, c: OutputCheck, feeds: dict, index: int | None) -> OutputCheck:
+        floor = None if index is None else self._floor(feeds, index)
+        if floor is None:
+            # no floor: the fixed bound of old, with less power (the summary says so)
+            bound = self.contract.atol + max(self.contract.rtol, FALLBACK_RTOL) * c.scale
+            if c.error <= bound:
+                self.fixed_judged += 1
+                return OutputCheck(c.name, True, c.error, bound, c.measure,
+                                   f"no float-noise floor: judged at rtol {FALLBACK_RTOL:g}", scale=c.scale)
+            return OutputCheck(c.name, False, c.error, bound, c.measure,
+                               f"past rtol {FALLBACK_RTOL:g}; no float-noise floor", scale=c.scale)
         bound = c.tolerance + NOISE_FACTOR * floor
+        ratio = c.error / floor if floor > 0 else float("inf")
         if c.error <= bound:
             self.noise_judged += 1
+            self.noise_ratio = max(self.noise_ratio, ratio)
             return OutputCheck(c.name, True, c.error, bound, c.measure,
-                               f"within this input's float noise: one-ulp weight changes move it by {floor:.2g}")
-        return OutputCheck(c.name, False, c.error, c.tolerance, c.measure,
-                           f"{NOISE_FACTOR:g}x this input's float noise is only {NOISE_FACTOR * floor:.2g}")
+                               f"within this input's float noise: one-ulp changes move it by {floor:.2g}",
+                               scale=c.scale)
+        return OutputCheck(c.name, False, c.error, bound, c.measure,
+                           f"{c.error / max(c.scale, 1e-300):.2g} of the output's magnitude, "
+                           f"{'%.3g' % ratio if floor > 0 else 'infinitely many'} times this input's "
+                           f"float noise ({floor:.2g})", scale=c.scale)
+
+    def _checks(self, name: str, a: Any, b: Any, feeds: dict, index: int | None) -> list[OutputCheck]:
+        """The checks of one output value (tensor, sequence, map or optional)."""
+        if a is None or b is None:
+            if a is None and b is None:
+                return []
+            which = "first" if a is None else "second"
+            return [OutputCheck(name, False, float("inf"), 0.0, "kind",
+                                f"an empty optional in the {which} model only")]
+        if isinstance(a, (list, tuple)) or isinstance(b, (list, tuple)):
+            if not (isinstance(a, (list, tuple)) and isinstance(b, (list, tuple))):
+                return [OutputCheck(name, False, float("inf"), 0.0, "kind", "a sequence in one model only")]
+            if len(a) != len(b):
+                return [OutputCheck(name, False, float("inf"), 0.0, "shape",
+                                    f"a sequence of {len(b)} values != {len(a)}")]
+            out: list[OutputCheck] = []
+            for k, (x, y) in enumerate(zip(a, b)):
+                out.extend(self._checks(f"{name}[{k}]", x, y, feeds, None))
+            return out
+        if isinstance(a, dict) or isinstance(b, dict):
+            if not (isinstance(a, dict) and isinstance(b, dict)) or a.keys() != b.keys():
+                return [OutputCheck(name, False, float("inf"), 0.0, "kind", "maps with different keys")]
+            out = []
+            for k in sorted(a, key=repr):
+                out.extend(self._checks(f"{name}[{k!r}]", a[k], b[k], feeds, None))
+            return out
+        a, b = np.asarray(a), np.asarray(b)
+        c = check_output(name, a, b, self.contract)
+        if not c.ok and c.measure == "max abs err" and self.contract.kind == "float" and is_float_dtype(a.dtype):
+            c = self._against_noise(c, feeds, index)
+        return [c]
 
     def judge(self, ex: Example) -> OutputCheck | None:
         """None if the reference model rejects the input; else the worst output check."""
@@ -197,21 +244,28 @@ class _Checker:
                                f"the second model fails where the first runs: {e}")
         worst = None
         for i, (name, a, b) in enumerate(zip(self.names, outs_a, outs_b)):
-            c = check_output(name, a, b, self.contract)
-            if not c.ok and c.measure == "max abs err" and self.contract.kind == "float" \
-                    and np.asarray(a).dtype.kind == "f":
-                c = self._against_noise(c, feeds, i, np.asarray(a))
-            if c.top1 is not None:
-                acc = self.top1.setdefault(name, [0, 0, None, 2.0])
-                acc[0] += c.top1[0]
-                acc[1] += c.top1[1]
-                share = c.top1[0] / max(c.top1[1], 1)
-                if share < acc[3]:
-                    acc[2], acc[3] = ex, share
-            if worst is None or (not c.ok and worst.ok) or (c.ok == worst.ok and c.margin > worst.margin):
-                worst = c
-        if worst is not None and (self.worst is None or (not worst.ok and self.worst.ok)
-                                  or (worst.ok == self.worst.ok and worst.margin > self.worst.margin)):
+            try:
+                checks = self._checks(name, a, b, feeds, i)
+            except Exception as e:  # noqa: BLE001 - a value type the comparison cannot handle
+                reason = f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
+                if name not in self.not_compared:
+                    log.warning("output '%s' not compared: %s", name, reason)
+                self.not_compared[name] = reason
+                continue
+            for c in checks:
+                if c.top1 is not None:
+                    acc = self.top1.setdefault(c.name, [0, 0, None, 2.0])
+                    acc[0] += c.top1[0]
+                    acc[1] += c.top1[1]
+                    share = c.top1[0] / max(c.top1[1], 1)
+                    if share < acc[3]:
+                        acc[2], acc[3] = ex, share
+                if worst is None or (not c.ok and worst.ok) or (c.ok == worst.ok and c.margin > worst.margin):
+                    worst = c
+        if worst is None:
+            worst = OutputCheck(self.names[0] if self.names else "(none)", True, 0.0, 0.0, "max abs err")
+        if self.worst is None or (not worst.ok and self.worst.ok) \
+                or (worst.ok == self.worst.ok and worst.margin > self.worst.margin):
             self.worst = worst
         return worst
 
@@ -234,6 +288,7 @@ def compare(
     runner_b: Runner | None = None,
     space: InputSpace | None = None,
     threads: int = 1,
+    noise: NoiseSource | None = None,
 ) -> CompareResult:
     """Check that `model_b` computes what `model_a` computes, under `contract`.
 
@@ -243,6 +298,13 @@ def compare(
     failing drawn input is shrunk by hypothesis to a minimal counterexample (smaller
     dims, simpler values) for at most `shrink_seconds`. Raises SignatureMismatch (a
     GraphoptError) if the models take different inputs.
+
+    The float contract is noise-calibrated (contracts.py): `noise` is the NoiseSource
+    to judge against (the instrument shares one across a pipeline's checks); by
+    default one is made from `model_a` and its runner, used only when an output is past
+    the contract's small tolerance. If onnxruntime runs `model_a` but rejects
+    `model_b`, the models are not equivalent (measure "rejected"), whatever onnx's
+    reference evaluator would say.
     """
     t0 = time.perf_counter()
     if not isinstance(contract, Contract):
@@ -256,10 +318,19 @@ def compare(
     result = CompareResult(ok=True, contract=contract)
     try:
         ra = runner_a or Runner(model_a, threads=threads)
-        rb = runner_b or Runner(model_b, threads=threads)
     except RunnerUnavailable as e:
         log.warning("verification skipped: %s", e)
         return _done(CompareResult(ok=True, contract=contract, skipped=True, reason=str(e)), t0)
+    try:
+        rb = runner_b or Runner(model_b, threads=threads)
+    except RunnerUnavailable as e:
+        if ra.backend == "onnxruntime":
+            return _rejected(result, ra, str(e), t0)
+        log.warning("verification skipped: %s", e)
+        return _done(CompareResult(ok=True, contract=contract, skipped=True, reason=str(e)), t0)
+    if ra.backend == "onnxruntime" and rb.backend != "onnxruntime":
+        # never judged by the fallback: a model that stopped loading is broken
+        return _rejected(result, ra, rb.note, t0)
     result.backend = ra.backend if ra.backend == rb.backend else f"{ra.backend} vs {rb.backend}"
     result.notes = [n for n in (ra.note, rb.note) if n]
     result._runs0 = ra.runs + (rb.runs if rb is not ra else 0)  # type: ignore[attr-defined]
@@ -272,7 +343,10 @@ def compare(
         log.warning("verification skipped: %s", result.reason)
         return _done(result, t0)
     names = [o.name for o in model_a.graph.output]
-    checker = _Checker(ra, rb, names, contract, model_a=model_a, threads=threads)
+    if noise is None and contract.kind == "float":
+        noise = NoiseSource(model_a, ra, threads=threads)
+    checker = _Checker(ra, rb, names, contract, noise=noise)
+    result.noise = noise
 
     # 1. real samples first
     for sample in (samples or [])[:examples]:
@@ -299,8 +373,12 @@ def compare(
             return _fail(result, checker, c, ex, t0)
     elif todo > 0 and not result.samples_used:
         result.skipped = True
-        result.reason = (f"found no input the model accepts ({space.probe_error}); "
-                         "give --input-shape or --samples")
+        if getattr(space, "too_big", False):
+            result.reason = space.probe_error
+        else:
+            result.reason = (f"found no input the model accepts ({space.probe_error or 'no reason given'}); "
+                             "give --input-shape or --samples")
+        log.warning("verification skipped: %s", result.reason)
         return _done(result, t0)
 
     # 3. pooled top-1 agreement
@@ -317,7 +395,14 @@ def compare(
     result.worst = checker.worst
     if checker.noise_judged:
         result.notes.append(f"{checker.noise_judged} output(s) past the float tolerance passed within their "
-                            f"input's float noise (at most {NOISE_FACTOR:g}x the error of one-ulp weight changes)")
+                            f"input's float noise (at most {checker.noise_ratio:.2g}x the error of one-ulp "
+                            f"weight and input changes; the bound is {NOISE_FACTOR:g}x)")
+    if checker.fixed_judged:
+        why = noise.why_not if noise is not None and noise.why_not else "none measured"
+        result.notes.append(f"{checker.fixed_judged} output(s) judged at the fixed rtol {FALLBACK_RTOL:g} without "
+                            f"a float-noise floor ({why}): smaller changes were not checked")
+    for name, why in checker.not_compared.items():
+        result.notes.append(f"output '{name}' NOT compared ({why})")
     if checker.valid == 0:
         result.skipped = True
         result.reason = f"no drawn input was accepted by the model ({space.probe_error})"
@@ -331,6 +416,18 @@ def _done(result: CompareResult, t0: float) -> CompareResult:
         runs = result.runner_a.runs + (result.runner_b.runs if result.runner_b is not result.runner_a else 0)
         result.model_runs = runs - getattr(result, "_runs0", 0)
     return result
+
+
+def _rejected(result: CompareResult, ra: Runner, why: str, t0: float) -> CompareResult:
+    """onnxruntime runs the first model and rejects the second: not equivalent."""
+    why = why.removeprefix("onnxruntime cannot run this model ").strip()
+    result.ok = False
+    result.runner_a = ra
+    result.worst = OutputCheck("(model)", False, float("inf"), 0.0, "rejected",
+                               f"onnxruntime rejects the second model but runs the first: {why}")
+    result.counterexample_text = "no input (the model does not load)"
+    log.debug("%s", result.worst.detail)
+    return _done(result, t0)
 
 
 def _fail(result: CompareResult, checker: _Checker, c: OutputCheck, ex: Example, t0: float) -> CompareResult:
@@ -352,6 +449,11 @@ def make_space(model: onnx.ModelProto, runner: Runner, input_shapes=None, input_
     space.probed_ok = False
     space.probe_error = ""
     dims = space.min_dims()
+    too_big = _too_big(space, dims)
+    if too_big:
+        space.probe_error = too_big
+        space.too_big = True
+        return space
     recipe = {s.name: ({"float": "normal", "int": "uniform", "bool": "random"}[s.kind]
                        if s.float_range is None else "uniform", 0) for s in space.specs}
     for attempt in range(7):
@@ -361,7 +463,8 @@ def make_space(model: onnx.ModelProto, runner: Runner, input_shapes=None, input_
             break
         except InvalidInput as e:
             space.probe_error = str(e)[:200]
-        except MemoryError:
+        except (MemoryError, ValueError) as e:  # numpy: "array is too big", "Maximum allowed size exceeded"
+            space.probe_error = f"cannot allocate the inputs ({e})"
             break
         grow = {k: (v * 2 if v > 1 else (8 if attempt == 0 else 2)) for k, v in dims.items()
                 if k in space.dim_ranges and space.dim_ranges[k][0] != space.dim_ranges[k][1]
@@ -385,6 +488,25 @@ def make_space(model: onnx.ModelProto, runner: Runner, input_shapes=None, input_
         except InvalidInput:
             pass
     return space
+
+
+def _count(n: int) -> str:
+    return f"2**{n.bit_length() - 1}" if n > 1024 and n & (n - 1) == 0 else f"{n:,}"
+
+
+def _too_big(space: InputSpace, dims: dict[str, int]) -> str:
+    """Why the smallest example cannot be drawn ('' if it can)."""
+    shapes = space.shapes_for(dims)
+    sizes = {name: int(np.prod(shape, dtype=object)) for name, shape in shapes.items()}
+    if sum(sizes.values()) <= space.max_elements:
+        return ""
+    name = max(sizes, key=sizes.get)
+    spec = next(s for s in space.specs if s.name == name)
+    fixed = int(np.prod([d for d in spec.dims if isinstance(d, int)], dtype=object))
+    hint = ("its fixed dims alone are too large: verify it with --samples" if fixed > space.max_elements
+            else "give --input-shape")
+    return (f"input '{name}' needs {_count(sizes[name])} elements (shape {list(shapes[name])}), more than the "
+            f"{_count(space.max_elements)} verification draws at most; {hint}")
 
 
 def run_ahead(runner: Runner, space: InputSpace, samples: list[dict] | None, examples: int, seed: int,
@@ -513,6 +635,22 @@ def _search(space: InputSpace, checker: _Checker, n: int, seed: int, shrink_seco
 
 
 # --------------------------------------------------------------------- reproducers
+
+
+def unique_dir(parent: str | os.PathLike, name: str) -> Path:
+    """A new folder `parent/<UTC date-time>-<name>` (with -2, -3... if taken), created
+    here: a later run never writes into an earlier run's reproducer."""
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    for k in range(1, 10000):
+        d = parent / (f"{stamp}-{name}" if k == 1 else f"{stamp}-{name}-{k}")
+        try:
+            d.mkdir()
+            return d
+        except FileExistsError:
+            continue
+    raise OSError(f"no free reproducer folder name under {parent}")
 
 
 def save_repro(

@@ -191,6 +191,7 @@ class InputSpace:
     probed_ok: bool = True     # the reference model accepted the smallest example
     probe_error: str = ""
     deterministic: bool = True
+    too_big: bool = False      # the smallest example exceeds max_elements (probe_error says which input)
 
     @classmethod
     def from_model(
@@ -264,7 +265,8 @@ class InputSpace:
         return out
 
     def elements(self, dims: dict[str, int]) -> int:
-        return sum(int(np.prod(shape, dtype=np.int64)) for shape in self.shapes_for(dims).values())
+        # Python ints: 2**40-sized dims must not overflow into a small or negative count
+        return sum(int(np.prod(shape, dtype=object)) for shape in self.shapes_for(dims).values())
 
     def min_dims(self) -> dict[str, int]:
         return {k: lo for k, (lo, _) in self.dim_ranges.items()}
@@ -383,11 +385,13 @@ class Example:
 def make_array(s: InputSpec, shape: tuple, kind: str, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     if s.kind == "bool":
+        # always an ndarray of the input's shape (a 0-d array for a rank-0 input):
+        # onnxruntime refuses numpy.bool scalars
         if kind == "false":
             return np.zeros(shape, bool)
         if kind == "true":
             return np.ones(shape, bool)
-        return rng.random(shape) < 0.5
+        return np.asarray(rng.random(shape) < 0.5, dtype=bool).reshape(shape)
     if s.kind == "int":
         lo, hi = s.int_range or DEFAULT_INT_RANGE
         hi = max(hi, lo + 1)
@@ -404,7 +408,7 @@ def make_array(s: InputSpec, shape: tuple, kind: str, seed: int) -> np.ndarray:
             a = np.full(shape, hi)
         else:
             a = rng.uniform(lo, hi, size=shape)
-        return a.astype(s.dtype)
+        return np.asarray(a).astype(s.dtype)
     if kind == "normal":
         a = rng.standard_normal(shape)
     elif kind == "uniform":
@@ -421,7 +425,7 @@ def make_array(s: InputSpec, shape: tuple, kind: str, seed: int) -> np.ndarray:
         a = -np.abs(rng.standard_normal(shape))
     else:  # mixed magnitudes
         a = rng.standard_normal(shape) * np.exp(rng.uniform(-6, 6, size=shape))
-    return a.astype(s.dtype)
+    return np.asarray(a).astype(s.dtype)
 
 
 def describe_feeds(feeds: dict[str, Any]) -> str:

@@ -43,13 +43,14 @@ from typing import Any
 
 import onnx
 
-from ..errors import VerificationError
+from ..errors import GraphoptError, VerificationError
 from ..ir import Model
 from ..pipeline import Instrument, Pass, PassContext, PassRecord, Report
 from .compare import (DEFAULT_EXAMPLES, SHRINK_SECONDS, CompareResult, SignatureMismatch, compare, make_space,
-                      run_ahead, save_repro)
+                      run_ahead, save_repro, unique_dir)
 from .contracts import Contract, OutputCheck
 from .inputs import InputSpace
+from .noise import NoiseSource
 from .runner import Runner, RunnerUnavailable, SessionRecipe
 from .structure import computation_digest
 
@@ -89,6 +90,7 @@ class _Ahead:
         self.runner: Runner | None = None
         self.space = None
         self.ready = threading.Event()
+        self.error: BaseException | None = None
         self._stop = threading.Event()
         # the Python-heavy preparation here, the onnxruntime calls on the worker
         try:
@@ -122,10 +124,19 @@ class _Ahead:
         finally:
             self.ready.set()
         if runner.backend == "onnxruntime" and space.deterministic:
-            run_ahead(runner, space, samples, examples, seed, stop=self._stop.is_set)
+            try:
+                run_ahead(runner, space, samples, examples, seed, stop=self._stop.is_set)
+            except Exception as e:  # noqa: BLE001 - never a thread traceback: the check raises it
+                log.debug("verification ahead of the first check stopped: %s", e)
+                self.error = e
 
     def claim(self) -> tuple[Runner | None, object]:
+        """The worker's runner and space. A bad-input error the worker met (e.g. a
+        sample lacking an input) is raised here, on the pipeline's thread, once."""
         self.ready.wait()
+        if isinstance(self.error, GraphoptError):
+            self.thread.join()
+            raise self.error
         return self.runner, self.space
 
     def stop(self, wait: bool = True) -> None:
@@ -190,6 +201,7 @@ class VerifyInstrument(Instrument):
         self._snap: _Snapshot | None = None
         self._space: InputSpace | None = None
         self._space_key = None
+        self._noise: NoiseSource | None = None   # the float noise of the pipeline's inputs (shared)
         self._pool: ThreadPoolExecutor | None = None
         self._pending: list[Future] = []
         self._error: BaseException | None = None
@@ -202,6 +214,7 @@ class VerifyInstrument(Instrument):
         self._snap = _Snapshot(model.to_onnx())
         self._space = None
         self._space_key = None
+        self._noise = None
         self._error = None
         if self.ahead:
             self._ahead = _Ahead(self._snap, ctx, self.examples, self.seed, self.threads)
@@ -284,6 +297,7 @@ class VerifyInstrument(Instrument):
                 input_shapes=job.shapes, input_ranges=job.ranges, samples=job.samples,
                 shrink_seconds=self.shrink_seconds, runner_a=before.runner,
                 space=self._space_for(before.proto), threads=self.threads,
+                noise=self._noise if contract.kind == "float" else None,
             )
         except SignatureMismatch as e:
             result = CompareResult(ok=False, contract=contract)
@@ -302,6 +316,14 @@ class VerifyInstrument(Instrument):
         if result.space is not None:
             self._space = result.space
         record.extra["verify"] = result.as_dict()
+        if contract.kind == "float":
+            if result.noise is not None and result.noise.available:
+                self._noise = result.noise   # the next float checks reuse its runs
+        elif result.ok and not result.skipped:
+            self._noise = None   # a lossy pass moved the outputs past float noise: measure afresh
+        for note in result.notes:
+            if "NOT compared" in note or "not checked" in note:
+                log.warning("pass '%s': %s", p.name, note)
         if result.skipped:
             log.warning("pass '%s': verification skipped: %s", p.name, result.reason)
             return None
@@ -312,13 +334,16 @@ class VerifyInstrument(Instrument):
         with self._lock:
             self.failures.append(result)
             n = len(self.failures)
-        folder = Path(self.repro_dir) / f"{n:02d}-{p.name}"
+        folder: Path | str = Path(self.repro_dir) / f"<date-time>-{n:02d}-{p.name}"
         try:
+            folder = unique_dir(self.repro_dir, f"{n:02d}-{p.name}")
             save_repro(folder, before.proto, after.proto, result, title=f"pass '{p.name}' ({p!r}) failed verification")
             record.extra["verify"]["repro"] = str(folder)
         except OSError as e:
             log.warning("could not save the reproducer to %s: %s", folder, e)
-        msg = result.message(f"pass '{p.name}' changed what the model computes")
+        rejected = result.worst is not None and result.worst.measure == "rejected"
+        msg = result.message(f"pass '{p.name}' made a model onnxruntime ran one it refuses" if rejected
+                             else f"pass '{p.name}' changed what the model computes")
         if self.on_fail == "abort" or job.model is None:
             raise VerificationError(msg)
         log.warning("%s; reverted it", msg)
