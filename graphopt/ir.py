@@ -33,6 +33,104 @@ _GS_LOGGER.severity = _GS_LOGGER.ERROR
 _KEEP_NODE_FIELDS = ("doc_string", "metadata_props")
 
 
+# -- value types that onnx-graphsurgeon does not keep ---------------------------------
+#
+# gs models every value as a tensor with a numpy dtype and a `type` string. For a
+# sequence of sequences, an optional, a map or an opaque value it keeps no usable element
+# type, and exporting an optional raises UnboundLocalError. The importer below remembers
+# the exact TypeProto of every value whose ValueInfo is not a plain tensor (on the gs
+# Variable, as `_graphopt_type`), and the exporter writes it back. Both are installed on
+# gs's importer/exporter classes once, when this module is imported, so every path that
+# exports through gs (Model.to_onnx, subgraph attributes, fold-constants' sessions) keeps
+# the types.
+
+_TYPE_ATTR = "_graphopt_type"
+_KIND_OF_FIELD = {"tensor_type": "tensor", "sequence_type": "sequence", "optional_type": "optional",
+                  "map_type": "map", "sparse_tensor_type": "sparse_tensor", "opaque_type": "opaque"}
+
+
+def _import_tensor_keeping_type(onnx_tensor):
+    tensor = _GS_IMPORT_TENSOR(onnx_tensor)
+    if isinstance(onnx_tensor, onnx.ValueInfoProto) and onnx_tensor.type.ByteSize() > 0:
+        field = onnx_tensor.type.WhichOneof("value")
+        if field is not None and field != "tensor_type":
+            tp = onnx.TypeProto()
+            tp.CopyFrom(onnx_tensor.type)
+            setattr(tensor, _TYPE_ATTR, tp)
+    return tensor
+
+
+def _export_value_info_keeping_type(tensor, do_type_check: bool) -> onnx.ValueInfoProto:
+    tp = getattr(tensor, _TYPE_ATTR, None)
+    if tp is not None and not isinstance(tensor, gs.Constant):
+        vi = onnx.ValueInfoProto()
+        vi.name = tensor.name
+        vi.type.CopyFrom(tp)
+        return vi
+    kind = getattr(tensor, "type", "tensor_type")
+    if isinstance(tensor, gs.Constant) or kind in ("tensor_type", "sequence_type", "sparse_tensor_type"):
+        try:
+            return _GS_EXPORT_VALUE_INFO(tensor, do_type_check)
+        except (UnboundLocalError, TypeError, ValueError):
+            pass
+    # An optional, a map or an opaque value whose exact type is unknown here: an untyped
+    # ValueInfo (onnx's type inference fills it in) rather than a wrong tensor type.
+    return onnx.helper.make_empty_tensor_value_info(tensor.name)
+
+
+def value_type(t: gs.Tensor) -> onnx.TypeProto | None:
+    """The exact ONNX type of a non-tensor value as imported (None for tensors/unknown)."""
+    return getattr(t, _TYPE_ATTR, None)
+
+
+def copy_value_type(src: gs.Tensor, dst: gs.Tensor) -> None:
+    """Give `dst` the value type of `src` (dtype, shape, and a non-tensor type)."""
+    if isinstance(dst, gs.Constant):
+        return
+    if dst.dtype is None:
+        dst.dtype = src.dtype
+    if dst.shape is None:
+        dst.shape = src.shape
+    if not isinstance(src, gs.Constant):
+        dst.type = getattr(src, "type", "tensor_type")
+        tp = value_type(src)
+        if tp is not None:
+            setattr(dst, _TYPE_ATTR, tp)
+
+
+_KEPT_ATTR_TYPES = {onnx.AttributeProto.TYPE_PROTO: "tp", onnx.AttributeProto.TYPE_PROTOS: "type_protos"}
+
+
+def _import_attributes_keeping_types(onnx_attributes, *args, **kwargs):
+    """gs drops TYPE_PROTO attributes (e.g. Optional's `type`), which changes what the
+    node means; keep them as TypeProto values (onnx.helper.make_attribute writes them)."""
+    attrs = _GS_IMPORT_ATTRIBUTES(onnx_attributes, *args, **kwargs)
+    for attr in onnx_attributes:
+        field = _KEPT_ATTR_TYPES.get(attr.type)
+        if field is None or attr.name in attrs or attr.ref_attr_name:
+            continue
+        if field == "tp":
+            tp = onnx.TypeProto()
+            tp.CopyFrom(attr.tp)
+            attrs[attr.name] = tp
+        else:
+            attrs[attr.name] = [onnx.TypeProto.FromString(t.SerializeToString()) for t in attr.type_protos]
+    return attrs
+
+
+from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter as _OnnxExporter  # noqa: E402
+
+_GS_IMPORT_ATTRIBUTES = OnnxImporter.import_attributes
+
+_GS_IMPORT_TENSOR = OnnxImporter.import_tensor
+_GS_EXPORT_VALUE_INFO = _OnnxExporter.export_value_info_proto
+if not getattr(OnnxImporter, "_graphopt_patched", False):
+    OnnxImporter.import_tensor = staticmethod(_import_tensor_keeping_type)
+    _OnnxExporter.export_value_info_proto = staticmethod(_export_value_info_keeping_type)
+    OnnxImporter.import_attributes = staticmethod(_import_attributes_keeping_types)
+    OnnxImporter._graphopt_patched = True
+
+
 class Model:
     """A model under optimization: a gs graph plus the untouched rest of the ModelProto."""
 
@@ -310,49 +408,189 @@ def consumers(t: gs.Tensor) -> list[gs.Node]:
     return list(t.outputs)
 
 
-def replace_all_uses(old: gs.Tensor, new: gs.Tensor, graph: gs.Graph) -> None:
-    """Make every consumer of `old` (in this graph and subgraphs) read `new` instead.
+# -- scopes and value kinds: what a rewrite may remove, rename or replace ----------------
+#
+# Every rewrite that drops a node or redirects a value asks here first. The rules:
+#  * a graph output of a subgraph (If/Loop/Scan body) stays produced by a node of that
+#    subgraph (onnxruntime refuses an outer-scope value or a graph input returned
+#    directly), and every graph's output names are kept;
+#  * a value a nested subgraph reads by name is alive and observable: its name is kept;
+#  * redirecting a value updates nested subgraphs that read it by name, except below a
+#    scope that defines the same name (shadowing);
+#  * sequences, optionals and maps are never replaced by tensors (nor folded into them).
 
-    If `old` is a graph output, the producer of `new` is renamed so the output keeps
-    its name (callers rely on output names).
+_NON_TENSOR_PREFIXES = (("seq(", "sequence"), ("optional(", "optional"), ("map(", "map"),
+                        ("sparse_tensor(", "sparse_tensor"), ("tensor(", "tensor"))
+
+
+def _kind_of_type_str(type_str: str) -> str | None:
+    for prefix, kind in _NON_TENSOR_PREFIXES:
+        if type_str.startswith(prefix):
+            return kind
+    return None
+
+
+def _schema(node: gs.Node, opset: int | None):
+    try:
+        domain = node.domain or ""
+        if domain == "ai.onnx":
+            domain = ""
+        if opset is None or domain != "":
+            return onnx.defs.get_schema(node.op, domain)
+        return onnx.defs.get_schema(node.op, opset, domain)
+    except Exception:  # unknown op, model-local function, custom domain
+        return None
+
+
+def value_kind(t: gs.Tensor, opset: int | None = None, _depth: int = 0) -> str | None:
+    """What kind of value `t` is: 'tensor', 'sequence', 'optional', 'map', 'sparse_tensor'
+    or 'opaque'; None when nothing tells. Decided by the value's own type (its ValueInfo
+    as imported) or else by its producer's schema (output type constraint; for a
+    polymorphic output, the input bound to the same type parameter; for If, the branch
+    output)."""
+    if isinstance(t, gs.Constant):
+        return "tensor"
+    tp = value_type(t)
+    if tp is not None:
+        return _KIND_OF_FIELD.get(tp.WhichOneof("value"))
+    gs_type = getattr(t, "type", "tensor_type")
+    if gs_type not in (None, "tensor_type"):
+        return _KIND_OF_FIELD.get(gs_type)
+    if t.dtype is not None and isinstance(t.dtype, (np.dtype, type)):
+        return "tensor"  # typed as a tensor by a ValueInfo or by the pass that made it
+    if _depth > 64 or len(t.inputs) != 1:
+        return None
+    node = t.inputs[0]
+    idx = next((i for i, o in enumerate(node.outputs) if o is t), None)
+    if idx is None:
+        return None
+    if node.op == "If" and (node.domain or "") in ("", "ai.onnx"):
+        branch = node.attrs.get("then_branch")
+        if isinstance(branch, gs.Graph) and idx < len(branch.outputs):
+            return value_kind(branch.outputs[idx], opset, _depth + 1)
+        return None
+    schema = _schema(node, opset)
+    if schema is None or not schema.outputs:
+        return None
+    formal = schema.outputs[min(idx, len(schema.outputs) - 1)]
+    allowed = [formal.type_str]
+    for c in schema.type_constraints:
+        if c.type_param_str == formal.type_str:
+            allowed = list(c.allowed_type_strs)
+            break
+    kinds = {_kind_of_type_str(a) for a in allowed}
+    if len(kinds) == 1:
+        return kinds.pop()
+    for i, fin in enumerate(schema.inputs):
+        if fin.type_str == formal.type_str and i < len(node.inputs) and node.inputs[i].name:
+            return value_kind(node.inputs[i], opset, _depth + 1)
+    return None
+
+
+def is_tensor(t: gs.Tensor, opset: int | None = None) -> bool:
+    """True only when `t` is known to be a tensor (not a sequence, optional or map)."""
+    return value_kind(t, opset) == "tensor"
+
+
+def produced_in(graph: gs.Graph, t: gs.Tensor) -> bool:
+    """`t` is the output of a node of `graph` itself (not an input, constant or outer value)."""
+    if isinstance(t, gs.Constant) or len(t.inputs) != 1:
+        return False
+    node = t.inputs[0]
+    return any(n is node for n in graph.nodes)
+
+
+def observed_names(graph: gs.Graph) -> set[str]:
+    """Names of `graph` whose values must stay observable under their name: the graph's
+    outputs and every name a nested subgraph reads from this graph or above."""
+    names = {t.name for t in graph.outputs}
+    for node in graph.nodes:
+        for sub in subgraphs_of(node):
+            names |= outer_names_used(sub)
+    return names
+
+
+def why_not_replace(old: gs.Tensor, new: gs.Tensor, graph: gs.Graph) -> str | None:
+    """None when every use of `old` may read `new` instead without adding a node, else
+    the reason. `old` is a value of `graph`; uses in nested subgraphs are included."""
+    if old is new:
+        return None
+    ko, kn = value_kind(old, graph.opset), value_kind(new, graph.opset)
+    if ko is not None and kn is not None and ko != kn:
+        return f"'{old.name}' is a {ko}, '{new.name}' a {kn}"
+    if any(o is old for o in graph.outputs) and not can_take_name(new, graph):
+        return (f"'{old.name}' is an output of its graph and '{new.name}' cannot take its name "
+                f"(not produced by a node of that graph, or itself an input/output)")
+    return None
+
+
+def can_take_name(new: gs.Tensor, graph: gs.Graph) -> bool:
+    """`new` may be renamed to a graph output's name: it is produced by a node of this
+    very graph and is neither one of its inputs nor already one of its outputs."""
+    return (isinstance(new, gs.Variable) and produced_in(graph, new)
+            and not any(t is new for t in graph.inputs) and not any(t is new for t in graph.outputs))
+
+
+def _defines(g: gs.Graph, name: str) -> bool:
+    if any(t.name == name for t in g.inputs):
+        return True
+    return any(t.name == name for n in g.nodes for t in n.outputs)
+
+
+def _redirect_nested(graph: gs.Graph, name: str, new: gs.Tensor, keep: gs.Tensor | None = None) -> None:
+    """In the subgraphs nested in `graph`, make reads of outer `name` read `new` (by
+    object), stopping below any subgraph that defines `name` itself (shadowing). Reads
+    of the object `keep` (the value being renamed in place) are left as they are."""
+    for node in graph.nodes:
+        for sub in subgraphs_of(node):
+            if _defines(sub, name):
+                continue
+            for inner in sub.nodes:
+                for i, t in enumerate(inner.inputs):
+                    if t.name == name and t is not new and t is not keep and not isinstance(t, gs.Constant):
+                        inner.inputs[i] = new
+            for i, t in enumerate(sub.outputs):  # (a subgraph output that is an outer value)
+                if t.name == name and t is not new and t is not keep and not isinstance(t, gs.Constant):
+                    sub.outputs[i] = new
+            _redirect_nested(sub, name, new, keep)
+
+
+def rename_value(t: gs.Tensor, name: str, graph: gs.Graph) -> None:
+    """Rename a value of `graph` and the by-name reads of it in nested subgraphs."""
+    old_name = t.name
+    t.name = name
+    _redirect_nested(graph, old_name, t)
+
+
+def replace_all_uses(old: gs.Tensor, new: gs.Tensor, graph: gs.Graph) -> None:
+    """Make every consumer of `old` (in this graph and, by name unless shadowed, in its
+    nested subgraphs) read `new` instead.
+
+    If `old` is an output of `graph`, the output keeps its name and stays produced by a
+    node of `graph`: `new` takes over the name when `can_take_name`, else an Identity
+    from `new` produces it. Call `why_not_replace` first when the point is to remove a
+    node (the Identity fallback would put one back).
     """
+    if old is new:
+        return
     for node in list(old.outputs):
         for i, t in enumerate(node.inputs):
             if t is old:
                 node.inputs[i] = new
-    # Subgraphs refer to outer tensors by name through their own tensor objects.
-    for g in iter_graphs(graph):
-        if g is graph:
-            continue
-        for node in g.nodes:
-            for i, t in enumerate(node.inputs):
-                if t.name == old.name and t is not new and not isinstance(t, gs.Constant):
-                    if _produced_inside(g, t.name):
-                        continue
-                    node.inputs[i] = new
-    if old in graph.outputs:
-        idx = graph.outputs.index(old)
+    _redirect_nested(graph, old.name, new)
+    if any(o is old for o in graph.outputs):
+        idx = next(i for i, o in enumerate(graph.outputs) if o is old)
         name = old.name
-        if isinstance(new, gs.Variable) and new not in graph.inputs and new not in graph.outputs:
-            old.name = name + "__graphopt_old"
-            new.name = name
-            if new.dtype is None:
-                new.dtype = old.dtype
-            if new.shape is None:
-                new.shape = old.shape
+        old.name = name + "__graphopt_old"
+        if can_take_name(new, graph):
+            rename_value(new, name, graph)
+            copy_value_type(old, new)
             graph.outputs[idx] = new
         else:
-            # Keep the output name: route through an Identity.
             out = gs.Variable(name, dtype=old.dtype, shape=old.shape)
-            old.name = name + "__graphopt_old"
+            copy_value_type(old, out)
             graph.nodes.append(gs.Node("Identity", inputs=[new], outputs=[out]))
             graph.outputs[idx] = out
-
-
-def _produced_inside(g: gs.Graph, name: str) -> bool:
-    if any(t.name == name for t in g.inputs):
-        return True
-    return any(t.name == name for n in g.nodes for t in n.outputs)
 
 
 def count_by_op(graph: gs.Graph) -> dict[str, int]:

@@ -26,8 +26,8 @@ import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
 from graphopt import Model, Option, Pass, PassContext, PassResult, register_group, register_pass
-from graphopt.ir import (const_value, iter_graphs, remove_dead_nodes, replace_all_uses,
-                          sort_nodes, subgraphs_of)
+from graphopt.ir import (const_value, is_tensor, iter_graphs, remove_dead_nodes, replace_all_uses,
+                          sort_nodes, subgraphs_of, why_not_replace)
 
 log = logging.getLogger(__name__)
 
@@ -191,26 +191,19 @@ class RemoveNoOps(Pass):
 
 def _remove_noops(graph: gs.Graph) -> int:
     removed = 0
-    outputs = {id(t) for t in graph.outputs}
-    inputs = {id(t) for t in graph.inputs}
     for node in list(graph.nodes):
         src = _noop_source(node, graph)
         if src is None:
             continue
         y = node.outputs[0]
-        if id(y) in outputs:
-            # Graph output: only drop if the source can take over the output's name.
-            if isinstance(src, gs.Constant) or id(src) in inputs or id(src) in outputs:
-                continue
-            if src.name in {t.name for t in graph.inputs}:
-                continue
-            if not isinstance(src, gs.Variable) or not src.inputs:
-                continue
-        replace_all_uses(y, src, graph)
-        node.inputs.clear()
+        reason = why_not_replace(y, src, graph)
+        if reason is not None:
+            log.debug("noop: keeping %s '%s': %s", node.op, node.name, reason)
+            continue
+        node.inputs.clear()  # detach first: `src` may take over y's name below
         node.outputs.clear()
         graph.nodes.remove(node)
-        outputs = {id(t) for t in graph.outputs}
+        replace_all_uses(y, src, graph)
         removed += 1
     return removed
 
@@ -262,6 +255,10 @@ class FoldConstants(Pass):
         for node in cands:
             outs = [t for t in node.outputs if t.name]
             if not outs or not all(t.name in values for t in outs):
+                continue
+            # Only tensors become constants: a sequence, optional or map stays computed
+            # (decided by the value's type, and the runtime must agree it is an array).
+            if not all(is_tensor(t, graph.opset) and isinstance(values[t.name], np.ndarray) for t in outs):
                 continue
             in_bytes = sum(int(np.prod(t.shape)) * np.dtype(t.dtype).itemsize
                            for t in node.inputs if isinstance(t, gs.Constant) and t.shape is not None)
@@ -334,7 +331,8 @@ def _evaluate(model: Model, nodes: list[gs.Node], graph: gs.Graph) -> dict[str, 
                 if v:
                     values.update(v)
         return values
-    return {t.name: np.asarray(r) for t, r in zip(outs, res)}
+    # A sequence comes back as a list, an empty optional as None: never turned into arrays.
+    return {t.name: r for t, r in zip(outs, res)}
 
 
 # ------------------------------------------------------------------------------- cse
@@ -457,6 +455,8 @@ def _attr_key(v):
         return ("nan",)
     if isinstance(v, np.ndarray):
         return (v.dtype.str, v.shape, v.tobytes())
+    if isinstance(v, onnx.TypeProto):
+        return ("TypeProto", v.SerializeToString(deterministic=True))
     return v
 
 
@@ -481,11 +481,12 @@ def _cse(graph: gs.Graph) -> int:
         if prev is None:
             seen[key] = node
             continue
-        if any(id(t) in out_ids for t in node.outputs) :
-            if any(id(t) in out_ids for t in prev.outputs):
-                continue
-        if any(id(t) in out_ids for t in node.outputs):
-            continue  # keep output names; prev will be merged into node only if not output
+        pairs = [(old, new) for old, new in zip(node.outputs, prev.outputs) if old.name]
+        if any(not new.name for old, new in pairs):
+            continue
+        reasons = [why_not_replace(old, new, graph) for old, new in pairs]
+        if any(r is not None for r in reasons):
+            continue
         for old, new in zip(node.outputs, prev.outputs):
             if old.name:
                 replace_all_uses(old, new, graph)
