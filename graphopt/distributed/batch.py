@@ -138,7 +138,7 @@ def run_batch(models: list[str], spec: str, outdir: str, *, ctx_fields: dict | N
             entries[m].update(info, status=status, spec=spec, fingerprint=_fingerprint(m))
             entries[m].pop("ok", None)
             if status == "failed":
-                log.warning("%s: %s", m, info.get("reason"))
+                log.warning("%s", info.get("reason") if m in str(info.get("reason")) else f"{m}: {info.get('reason')}")
             done += 1
             if progress:
                 progress(f"{done}/{len(todo)} models")

@@ -48,10 +48,10 @@ def connect(address: str | None = None, *, num_cpus: int | None = None) -> Itera
         return
     try:
         if address:
-            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+            ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
         else:
             ray.init(num_cpus=num_cpus or LOCAL_CPUS, resources={MEASURE_RESOURCE: 1},
-                     include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+                     include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
     except (ConnectionError, ValueError, RuntimeError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise GraphoptError(f"cannot connect to Ray{f' at {address}' if address else ''}: {first}") from None

@@ -126,7 +126,7 @@ def _trial_row(t) -> dict:
         row.update(dict(zip(OBJECTIVES, t.values)))
         row["speedup"] = 1.0 / t.values[0] if t.values[0] > 0 else None
     for k in ("baseline_ms", "candidate_ms", "ratio_spread", "measured_on", "node_type",
-              "built_on", "model", "build_seconds", "measure_t0", "measure_t1", "build_t0", "build_t1"):
+              "built_on", "build_node_id", "measure_node_id", "model", "build_seconds", "measure_t0", "measure_t1", "build_t0", "build_t1"):
         if k in a:
             row[k] = a[k]
     return row
@@ -222,7 +222,7 @@ def run_search(model: str, samples: list[dict], space_text: str, outdir: str, *,
 
         def fail(trial, reason: str, info: dict | None = None) -> None:
             for k, v in (info or {}).items():
-                if k in ("spec", "built_on", "build_seconds", "build_t0", "build_t1"):
+                if k in ("spec", "built_on", "build_node_id", "build_seconds", "build_t0", "build_t1"):
                     trial.set_user_attr(k, v)
             trial.set_user_attr("reason", reason)
             study.tell(trial, state=TS.FAIL)
@@ -230,68 +230,74 @@ def run_search(model: str, samples: list[dict], space_text: str, outdir: str, *,
             if on_trial:
                 on_trial({"number": trial.number, "state": "fail", "reason": reason})
 
-        while to_run or building or measuring:
-            while to_run and len(building) < workers and not measuring:
-                trial = study.ask()
-                values = space.suggest(trial)
-                spec = space.spec_for(values)
-                trial.set_user_attr("spec", spec)
-                info_ref, data_ref = build.remote(base_ref, spec, ctx_ref, verify, metric_fn, ref_out)
-                building[info_ref] = (trial, data_ref, time.monotonic())
-                to_run -= 1
-                ran += 1
-            refs = list(building) + list(measuring)
-            ready, _ = ray.wait(refs, num_returns=1, timeout=1.0)
-            now = time.monotonic()
-            for ref, (trial, data_ref, submitted) in list(building.items()):
-                if ref not in ready and now - submitted > trial_timeout:
-                    ray.cancel(ref, force=True)
-                    del building[ref]
-                    fail(trial, f"timed out after {trial_timeout:g} s")
-            for ref in ready:
-                if ref in building:
-                    trial, data_ref, _ = building.pop(ref)
-                    try:
-                        info = ray.get(ref)
-                    except ray.exceptions.RayError as e:
-                        fail(trial, tasks.one_line(e))
-                        continue
-                    info = {**info, "built_on": info.get("host"), "build_t0": info["t0"], "build_t1": info["t1"]}
-                    if not info["ok"]:
-                        fail(trial, info["reason"], info)
-                        continue
-                    m_ref = measure.remote(base_ref, data_ref, feeds, threads, rounds, runs_per_block)
-                    measuring[m_ref] = (trial, info, data_ref)
-                elif ref in measuring:
-                    trial, info, data_ref = measuring.pop(ref)
-                    try:
-                        lat = ray.get(ref)
-                        data = ray.get(data_ref)
-                    except ray.exceptions.RayError as e:
-                        fail(trial, tasks.one_line(e), info)
-                        continue
-                    if not lat["ok"]:
-                        fail(trial, f"measurement: {lat['reason']}", info)
-                        continue
-                    path = os.path.join(outdir, "trials", f"trial-{trial.number:04d}.onnx")
-                    io_tmp = path + ".tmp"
-                    with open(io_tmp, "wb") as f:
-                        f.write(data)
-                    os.replace(io_tmp, path)
-                    attrs = {"built_on": info["built_on"], "build_seconds": info.get("build_seconds"),
-                             "build_t0": info["build_t0"], "build_t1": info["build_t1"],
-                             "measured_on": lat["host"], "measure_node_id": lat["node_id"],
-                             "node_type": lat["node_type"], "baseline_ms": lat["baseline_ms"],
-                             "candidate_ms": lat["candidate_ms"], "ratio_spread": lat["ratio_spread"],
-                             "measure_t0": lat["t0"], "measure_t1": lat["t1"], "model": path}
-                    for k, v in attrs.items():
-                        trial.set_user_attr(k, v)
-                    values = [lat["ratio"], float(info["size"]), float(info["accuracy"])]
-                    study.tell(trial, values)
-                    if on_trial:
-                        on_trial({"number": trial.number, "state": "complete", "values": values})
-                    if progress:
-                        progress(f"{finished()}/{trials} trials")
+        try:
+            while to_run or building or measuring:
+                while to_run and len(building) < workers and not measuring:
+                    trial = study.ask()
+                    values = space.suggest(trial)
+                    spec = space.spec_for(values)
+                    trial.set_user_attr("spec", spec)
+                    info_ref, data_ref = build.remote(base_ref, spec, ctx_ref, verify, metric_fn, ref_out)
+                    building[info_ref] = (trial, data_ref, time.monotonic())
+                    to_run -= 1
+                    ran += 1
+                refs = list(building) + list(measuring)
+                ready, _ = ray.wait(refs, num_returns=1, timeout=1.0)
+                now = time.monotonic()
+                for ref, (trial, data_ref, submitted) in list(building.items()):
+                    if ref not in ready and now - submitted > trial_timeout:
+                        ray.cancel(ref, force=True)
+                        del building[ref]
+                        fail(trial, f"timed out after {trial_timeout:g} s")
+                for ref in ready:
+                    if ref in building:
+                        trial, data_ref, _ = building.pop(ref)
+                        try:
+                            info = ray.get(ref)
+                        except ray.exceptions.RayError as e:
+                            fail(trial, tasks.one_line(e))
+                            continue
+                        info = {**info, "built_on": info.get("host"), "build_node_id": info.get("node_id"),
+                                "build_t0": info["t0"], "build_t1": info["t1"]}
+                        if not info["ok"]:
+                            fail(trial, info["reason"], info)
+                            continue
+                        m_ref = measure.remote(base_ref, data_ref, feeds, threads, rounds, runs_per_block)
+                        measuring[m_ref] = (trial, info, data_ref)
+                    elif ref in measuring:
+                        trial, info, data_ref = measuring.pop(ref)
+                        try:
+                            lat = ray.get(ref)
+                            data = ray.get(data_ref)
+                        except ray.exceptions.RayError as e:
+                            fail(trial, tasks.one_line(e), info)
+                            continue
+                        if not lat["ok"]:
+                            fail(trial, f"measurement: {lat['reason']}", info)
+                            continue
+                        path = os.path.join(outdir, "trials", f"trial-{trial.number:04d}.onnx")
+                        io_tmp = path + ".tmp"
+                        with open(io_tmp, "wb") as f:
+                            f.write(data)
+                        os.replace(io_tmp, path)
+                        attrs = {"built_on": info["built_on"], "build_node_id": info["build_node_id"],
+                                 "build_seconds": info.get("build_seconds"),
+                                 "build_t0": info["build_t0"], "build_t1": info["build_t1"],
+                                 "measured_on": lat["host"], "measure_node_id": lat["node_id"],
+                                 "node_type": lat["node_type"], "baseline_ms": lat["baseline_ms"],
+                                 "candidate_ms": lat["candidate_ms"], "ratio_spread": lat["ratio_spread"],
+                                 "measure_t0": lat["t0"], "measure_t1": lat["t1"], "model": path}
+                        for k, v in attrs.items():
+                            trial.set_user_attr(k, v)
+                        values = [lat["ratio"], float(info["size"]), float(info["accuracy"])]
+                        study.tell(trial, values)
+                        if on_trial:
+                            on_trial({"number": trial.number, "state": "complete", "values": values})
+                        if progress:
+                            progress(f"{finished()}/{trials} trials")
+        finally:  # Ctrl-C or an error: do not leave trials running on the cluster
+            for ref in list(building) + list(measuring):
+                ray.cancel(ref, force=True)
 
     result = SearchResult(outdir, study_name, storage_url, space.source, input_info, ran=ran)
     all_trials = study.get_trials(deepcopy=False)
