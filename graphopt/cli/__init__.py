@@ -27,6 +27,10 @@ COMMANDS = {
     "verify": ("verify", "check that two models compute the same thing"),
     "profile": ("profile", "FLOPs, parameters, memory and latency of a model"),
     "compile": ("compile", "compile a model with TVM for an edge target"),
+    # --- distributed (issue 19)
+    "batch": ("batch", "optimize many models in parallel on Ray (resumable)"),
+    "search": ("search", "search pipeline configurations with Optuna on Ray (resumable)"),
+    # --- end distributed
 }
 
 
