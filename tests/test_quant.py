@@ -80,10 +80,51 @@ def test_cost_aware_never_slower_reports_why():
     outcome independent of how fast this machine happens to be.)"""
     m, _, _, calib = _digits()
     q, res = _quant(m, calib, min_speedup=1000.0)
-    assert not res.changed and "not faster" in res.stats["reverted"] and "latency_ratio" in res.stats
+    assert not res.changed and "not shown faster" in res.stats["reverted"] and "latency_ratio" in res.stats
     assert _ops(q) == _ops(m)
     q, res = _quant(m, calib, min_speedup=0.0)
     assert res.changed and res.stats["latency_ratio"] > 0 and "QuantizeLinear" in _ops(q)
+    lo, hi = res.stats["latency_ratio_interval"]
+    assert 0 < lo <= res.stats["latency_ratio"] <= hi
+
+
+def _fake_speed(monkeypatch, by_call):
+    """Replace the timing with given measurements (tests check the decision rule, not speed)."""
+    from graphopt.passes import _timing
+
+    calls = []
+
+    def fake(ref, new, feed, **kw):
+        calls.append(new)
+        ratio, lo, hi = by_call[min(len(calls), len(by_call)) - 1]
+        return _timing.Speedup(ratio, lo, hi, 41, 1.0, 1.0 / ratio)
+
+    monkeypatch.setattr(_timing, "paired_speedup", fake)
+    return calls
+
+
+def test_inconclusive_timing_keeps_float(monkeypatch):
+    """A median above min_speedup is not enough: when the interval straddles it, the
+    decision is the fixed rule (float), not the side the median fell on this time."""
+    m, _, _, calib = _digits()
+    _fake_speed(monkeypatch, [(1.3, 0.98, 1.6)])
+    q, res = _quant(m, calib)
+    assert not res.changed and "not shown faster" in res.stats["reverted"]
+    assert all("inconclusive" in t for t in res.stats["cost_trials"])
+    assert _ops(q) == _ops(m)
+
+
+def test_later_cost_config_must_be_clearly_faster(monkeypatch):
+    """Configurations are tried in a fixed order; a later one replaces an accepted one only
+    when its whole interval lies above the accepted one's."""
+    m, _, _, calib = _digits()
+    _fake_speed(monkeypatch, [(1.5, 1.3, 1.7), (1.6, 1.35, 1.9)])  # overlapping: keep the first
+    q, res = _quant(m, calib)
+    assert res.changed and res.stats["cost_choice"] == "all candidates"
+    _fake_speed(monkeypatch, [(1.5, 1.3, 1.7), (2.2, 1.9, 2.5)])  # clearly faster: take it
+    q, res = _quant(m, calib)
+    assert res.changed and res.stats["cost_choice"] != "all candidates"
+    assert any(why.startswith("cost") for why in res.stats["left_float"].values())
 
 
 def test_exclude_by_name_and_type():
@@ -216,3 +257,57 @@ def test_bias_that_does_not_fit_int32_stays_float():
     assert validate(q) is None
     out = _session(q).run(None, samples[0])[0]
     np.testing.assert_allclose(out[0, 1], 2.0, rtol=1e-3)  # the tiny channel is its bias
+
+
+# ---------------------------------------------------------------- no samples: dynamic (issue 13)
+
+
+def test_no_samples_auto_picks_dynamic_and_says_why(caplog):
+    """Without samples, mode=auto does not calibrate static INT8 on made-up inputs (the
+    verifier's draws then broke the budget: rel_l2 0.85 on the digits CNN); it picks dynamic
+    INT8 (Conv -> ConvInteger, Gemm -> MatMulInteger), which needs no activation ranges,
+    and says so in one logged line."""
+    m, x, y, _ = _digits()
+    with caplog.at_level("WARNING"):
+        q, res = _quant(m, None, measure=False)
+    assert res.stats["mode"] == "dynamic" and "no calibration data is needed" in res.stats["mode_reason"]
+    assert sum("no samples: dynamic INT8" in r.getMessage() for r in caplog.records) == 1
+    assert "NO CALIBRATION SAMPLES" not in caplog.text
+    assert {"ConvInteger", "MatMulInteger"} <= set(_ops(q)) and validate(q) is None
+    # accuracy on the real test set, without any calibration
+    a = _session(m, True).run(None, {"input": x})[0]
+    b = _session(q, True).run(None, {"input": x})[0]
+    assert (b.argmax(1) == y).mean() >= (a.argmax(1) == y).mean() - 0.01
+    assert rel_l2(a, b) < 0.05
+
+
+def test_dynamic_conv_matches_float_per_channel():
+    """Dynamic Conv: int8 symmetric weights (ConvInteger takes one weight zero point), the
+    per-channel scales applied after the integer convolution, padding with the input's
+    zero point: on channels of very different magnitude the error stays small."""
+    m = _conv_model(13)
+    rng = np.random.default_rng(3)
+    feed = {"x": rng.normal(0, 1, (1, 3, 16, 16)).astype(np.float32)}
+    q, res = _quant(m, [feed], mode="dynamic", measure=False, accuracy=False)
+    assert res.changed and "ConvInteger" in _ops(q) and "Conv" not in _ops(q)
+    assert validate(q) is None
+    a, b = _session(m).run(None, feed)[0], _session(q).run(None, feed)[0]
+    assert rel_l2(a, b) < 0.02
+    assert rel_l2(a[:, 0], b[:, 0]) < 0.05  # the weakest channel (weights 1e-2 of the others)
+
+
+def test_fused_ort_convs_are_quantized():
+    """`fuse --target ort` turns Conv+Relu into com.microsoft FusedConv; quant splits them
+    back on its working copy so they are quantized (the README's Python example quantized
+    nothing before: 0 candidates, no reason given)."""
+    import graphopt
+
+    m, x, y, calib = _digits()
+    fused = graphopt.optimize(m, "clean,fuse", target="ort", verify=False)
+    assert any(n.op_type == "FusedConv" for n in fused.graph.node)
+    q, res = _quant(fused, calib, measure=False)
+    assert res.stats["unfused_ort_ops"] >= 6 and res.stats["mode"] == "static"
+    assert "QuantizeLinear" in _ops(q) and validate(q) is None
+    assert not any(n.op_type == "FusedConv" for n in q.graph.node)
+    b = _session(q, True).run(None, {"input": x})[0]
+    assert (b.argmax(1) == y).mean() > 0.95

@@ -1,0 +1,133 @@
+"""Timing decisions that do not flip between runs (used by `quant`'s cost check).
+
+A lossy pass may keep its rewrite only when it is measurably faster than the input model
+by a factor `need` (min_speedup). A single median compared with `need` flips from run to
+run whenever the true ratio sits near `need` or the machine is busy. The rule here:
+
+- the two models run interleaved in onnxruntime (2 intra-op threads, spinning off), in
+  rounds that alternate which goes first; every timed sample repeats a fast model until
+  it lasts >= ~10 ms, so timer and call overhead do not decide;
+- each round gives one paired ratio t_ref / t_new (both taken within milliseconds of each
+  other, so a load change hits both); the verdict uses the median of those ratios and a
+  distribution-free 99% confidence interval of that median (binomial order statistics);
+- at least `min_rounds` rounds and a third of the time budget; then it stops as soon as
+  the interval is on one side of `need`, else goes on up to twice the budget;
+- verdict "faster" when the whole interval is >= need, "slower" when it is entirely
+  below, otherwise "inconclusive". Callers treat "inconclusive" by a fixed rule (quant:
+  keep the input, float), never by which side the median happened to fall on.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+CONFIDENCE = 0.99
+
+
+@dataclass(frozen=True)
+class Speedup:
+    """t_ref / t_new: `ratio` the median over paired rounds, [lo, hi] its confidence interval."""
+
+    ratio: float
+    lo: float
+    hi: float
+    rounds: int
+    ms_ref: float
+    ms_new: float
+
+    def verdict(self, need: float) -> str:
+        if self.lo >= need:
+            return "faster"
+        if self.hi < need:
+            return "slower"
+        return "inconclusive"
+
+    def describe(self) -> str:
+        return f"{self.ratio:.2f}x [{self.lo:.2f}, {self.hi:.2f}] over {self.rounds} rounds"
+
+
+def median_interval(values: list[float], confidence: float = CONFIDENCE) -> tuple[float, float, float]:
+    """(median, lo, hi): the median and a distribution-free interval holding the true
+    median with probability >= confidence (order statistics of Binomial(n, 1/2))."""
+    v = sorted(values)
+    n = len(v)
+    if n == 0:
+        raise ValueError("no values")
+    med = float(np.median(v))
+    alpha = 1.0 - confidence
+    # largest k with P(B <= k - 1) <= alpha / 2: interval [v[k-1], v[n-k]] (1-based k)
+    cdf, k = 0.0, 0
+    for i in range(n):
+        cdf += math.comb(n, i) / 2.0 ** n
+        if cdf > alpha / 2:
+            break
+        k = i + 1
+    if k == 0:
+        return med, v[0], v[-1]
+    return med, float(v[k - 1]), float(v[n - k])
+
+
+def session(proto, threads: int = 2):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+def paired_speedup(ref, new, feed: dict, *, need: float | None = None, seconds: float = 3.0,
+                   min_rounds: int = 15, max_rounds: int = 121, sample_s: float = 0.01) -> Speedup:
+    """Speedup of model `new` over model `ref` (ModelProtos or onnxruntime sessions) on
+    `feed`. With `need`, rounds continue (up to 2 * seconds) while the interval straddles it."""
+    sa = ref if hasattr(ref, "run") else session(ref)
+    sb = new if hasattr(new, "run") else session(new)
+    for s in (sa, sb, sa, sb):  # warm-up: allocations, first-run kernel selection
+        s.run(None, feed)
+    t0 = time.perf_counter()
+    sa.run(None, feed)
+    reps = max(1, min(2000, int(sample_s / max(time.perf_counter() - t0, 1e-7))))
+
+    def sample(s):
+        t = time.perf_counter()
+        for _ in range(reps):
+            s.run(None, feed)
+        return (time.perf_counter() - t) / reps
+
+    ta: list[float] = []
+    tb: list[float] = []
+    ratios: list[float] = []
+    start = time.perf_counter()
+    while len(ratios) < max_rounds:
+        if len(ratios) % 2:
+            b = sample(sb)
+            a = sample(sa)
+        else:
+            a = sample(sa)
+            b = sample(sb)
+        ta.append(a)
+        tb.append(b)
+        ratios.append(a / b)
+        if len(ratios) < min_rounds:
+            continue
+        spent = time.perf_counter() - start
+        if spent > 2 * seconds:
+            break
+        if spent > seconds / 3:
+            med, lo, hi = median_interval(ratios)
+            conclusive = need is not None and (lo >= need or hi < need)
+            if conclusive or (spent > seconds and need is None):
+                break
+    med, lo, hi = median_interval(ratios)
+    sp = Speedup(med, lo, hi, len(ratios), float(np.median(ta)) * 1e3, float(np.median(tb)) * 1e3)
+    log.debug("timing: %s (%.3f ms vs %.3f ms, %d runs per sample)", sp.describe(), sp.ms_ref, sp.ms_new, reps)
+    return sp
