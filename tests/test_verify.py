@@ -660,3 +660,231 @@ def test_top1_counts_any_maximum_of_a_tied_reference_row():
     a = np.array([[0.0, 0.0, 0.0], [0.1, 0.7, 0.2], [0.5, 0.5, 0.0]], np.float32)
     b = np.array([[0.0, 1e-8, 0.0], [0.1, 0.2, 0.7], [0.4, 0.6, 0.0]], np.float32)
     assert top1_agreement(a, b) == (2, 3)  # rows 0 and 2 tie in the reference; row 1 disagrees
+
+
+# ------------------------------------------------ issue 13: a verifier without blind spots
+
+
+def _node_case(module: str, name: str):
+    """A model of onnx's node conformance tests, made by onnx's own generator."""
+    importlib.import_module(f"onnx.backend.test.case.node.{module}")
+    from onnx.backend.test.case.node import _NodeTestCases
+
+    return next(c for c in _NodeTestCases if c.name == name)
+
+
+def _if_model(direct: bool) -> onnx.ModelProto:
+    """cond (bool scalar), x -> If(cond: Identity(x) * 1 ... ). With `direct`, the then
+    branch returns the outer-scope x itself: onnxruntime refuses that model, onnx's
+    reference evaluator runs it."""
+    then_nodes = [] if direct else [h.make_node("Identity", ["x"], ["t_out"])]
+    then_g = h.make_graph(then_nodes, "then", [], [h.make_tensor_value_info("x" if direct else "t_out", T.FLOAT, [4])])
+    else_g = h.make_graph([h.make_node("Neg", ["x"], ["e_out"])], "else", [],
+                         [h.make_tensor_value_info("e_out", T.FLOAT, [4])])
+    g = h.make_graph([h.make_node("If", ["cond"], ["y"], then_branch=then_g, else_branch=else_g)], "g",
+                     [h.make_tensor_value_info("cond", T.BOOL, []), h.make_tensor_value_info("x", T.FLOAT, [4])],
+                     [h.make_tensor_value_info("y", T.FLOAT, [4])])
+    return h.make_model(g, opset_imports=[h.make_opsetid("", 17)])
+
+
+def test_a_model_onnxruntime_refuses_after_a_pass_fails_verification(tmp_path):
+    """Before: compare fell back to onnx's reference evaluator for the second model
+    and said 'ok'."""
+    from onnx.reference import ReferenceEvaluator
+
+    good, broken = _if_model(direct=False), _if_model(direct=True)
+    run_ort(good, {"cond": np.array(True), "x": np.ones(4, np.float32)})
+    with pytest.raises(Exception):
+        run_ort(broken, {"cond": np.array(True), "x": np.ones(4, np.float32)})
+    ReferenceEvaluator(broken).run(None, {"cond": np.array(True), "x": np.ones(4, np.float32)})  # it runs
+    res = compare(good, broken, "exact")
+    assert not res.ok and not res.skipped and res.worst.measure == "rejected", res.summary
+    assert "onnxruntime rejects the second model" in res.message()
+    # the same through `graphopt verify` (one verifier) and through a pipeline pass
+    a, b = tmp_path / "a.onnx", tmp_path / "b.onnx"
+    onnx.save(good, a)
+    onnx.save(broken, b)
+    assert cli_main(["verify", str(a), str(b), "-q", "--repro-dir", str(tmp_path / "r")]) == 1
+
+    @register_pass("test-bad-unload", replace=True)
+    class ReturnOuterDirectly(Pass):
+        """replaces the If node's then branch by one returning the outer x directly"""
+
+        contract = "exact"
+
+        def run(self, model, ctx):
+            model.replace_with(Model.from_onnx(broken))
+            return PassResult(True)
+
+    try:
+        with pytest.raises(VerificationError) as e:
+            graphopt.optimize(good, "test-bad-unload", verify_options={"repro_dir": str(tmp_path)})
+        assert "test-bad-unload" in str(e.value) and "onnxruntime rejects" in str(e.value)
+    finally:
+        _pipeline._PASSES.pop("test-bad-unload", None)
+
+
+def test_unloadable_before_still_uses_the_reference_evaluator():
+    broken = _if_model(direct=True)
+    res = compare(broken, broken, "exact", examples=3)
+    assert res.ok and not res.skipped and res.backend == "onnx-reference", res.summary
+    assert any("onnxruntime cannot run" in n for n in res.notes)
+
+
+@pytest.mark.parametrize("module,name", [("if_", "test_if"), ("loop", "test_loop11"), ("if_", "test_if_seq"),
+                                         ("if_", "test_if_opt")])
+def test_models_with_a_bool_condition_input_are_verified(module, name):
+    """Before: bool inputs were drawn as numpy.bool scalars, which onnxruntime refuses:
+    'found no input the model accepts'."""
+    case = _node_case(module, name)
+    res = compare(case.model, case.model, "exact", examples=4)
+    assert res.ok and not res.skipped and res.examples == 4 and res.backend == "onnxruntime", res.summary
+    space = InputSpace.from_model(case.model)
+    for ex in space.draw(4, 0):
+        for s in space.specs:
+            if s.kind == "bool":
+                v = ex.feeds[s.name]
+                assert isinstance(v, np.ndarray) and v.dtype == bool and v.shape == space.shapes_for(ex.dims)[s.name]
+
+
+def test_a_changed_branch_of_if_is_caught():
+    case = _node_case("if_", "test_if")
+    changed = onnx.ModelProto()
+    changed.CopyFrom(case.model)
+    branch = next(a for a in changed.graph.node[0].attribute if a.name == "else_branch").g
+    for n in branch.node:
+        for a in n.attribute:
+            if a.name == "value":
+                v = nh.to_array(a.t).copy()
+                v.reshape(-1)[0] += 1
+                a.t.CopyFrom(nh.from_array(v, a.t.name))
+    res = compare(case.model, changed, "float", examples=8, shrink_seconds=0)
+    assert not res.ok, res.summary
+
+
+def _cast_model(to: int, opset: int, neg: bool = False) -> onnx.ModelProto:
+    g = h.make_graph([h.make_node("Neg" if neg else "Identity", ["x"], ["x1"]),
+                      h.make_node("Cast", ["x1"], ["y"], to=to), h.make_node("Cast", ["y"], ["f"], to=T.FLOAT)], "g",
+                     [h.make_tensor_value_info("x", T.FLOAT, ["N", 5])],
+                     [h.make_tensor_value_info("y", to, ["N", 5]), h.make_tensor_value_info("f", T.FLOAT, ["N", 5])])
+    return h.make_model(g, opset_imports=[h.make_opsetid("", opset)])
+
+
+@pytest.mark.parametrize("to,opset", [(T.BFLOAT16, 19), (T.FLOAT8E4M3FN, 19), (T.INT4, 21)])
+def test_bfloat16_float8_int4_outputs_and_inputs_are_compared(to, opset):
+    """Before: onnxruntime's Python API cannot give or take these types ('No
+    corresponding Numpy type'), so nothing was verified; ml_dtypes inputs crashed the
+    run cache ('cannot include dtype 'E' in a buffer')."""
+    m = _cast_model(to, opset)
+    res = compare(m, m, "float", examples=4)
+    assert res.ok and not res.skipped and res.examples == 4 and res.backend == "onnxruntime", res.summary
+    # the narrow-typed value as a graph input too
+    g = h.make_graph([h.make_node("Cast", ["n"], ["f"], to=T.FLOAT)], "g",
+                     [h.make_tensor_value_info("n", to, [3, 4])], [h.make_tensor_value_info("f", T.FLOAT, [3, 4])])
+    mi = h.make_model(g, opset_imports=[h.make_opsetid("", opset)])
+    res = compare(mi, mi, "exact", examples=3)
+    assert res.ok and not res.skipped and res.examples == 3, res.summary
+    # and a real difference in a bfloat16 output is seen
+    if to == T.BFLOAT16:
+        res = compare(m, _cast_model(to, opset, neg=True), "float", examples=4, shrink_seconds=0)
+        assert not res.ok and res.worst.name == "y", res.summary
+
+
+def test_runner_cache_takes_any_dtype_and_sequences():
+    import ml_dtypes
+
+    from graphopt.verify.runner import _digest
+
+    x = np.arange(6, dtype=np.float32).astype(ml_dtypes.bfloat16)
+    assert _digest({"x": x}) == _digest({"x": x.copy()}) != _digest({"x": (x + 1).astype(ml_dtypes.bfloat16)})
+    assert _digest({"s": [np.ones(2, np.float32), np.zeros(3, np.float32)], "o": None, "b": np.array(True)})
+
+
+def _seq_model(delta: float) -> onnx.ModelProto:
+    """x[2], z[3] -> a sequence output [x + delta, z] (elements of different shapes)."""
+    g = h.make_graph([h.make_node("Add", ["x", "d"], ["x2"]),
+                      h.make_node("SequenceConstruct", ["x2", "z"], ["s"])], "g",
+                     [h.make_tensor_value_info("x", T.FLOAT, [2]), h.make_tensor_value_info("z", T.FLOAT, [3])],
+                     [h.make_tensor_sequence_value_info("s", T.FLOAT, None)],
+                     [nh.from_array(np.array(delta, np.float32), "d")])
+    return h.make_model(g, opset_imports=[h.make_opsetid("", 17)])
+
+
+def test_sequence_outputs_are_compared_element_by_element():
+    """Before: a sequence of tensors of different shapes crashed the comparison."""
+    res = compare(_seq_model(0.0), _seq_model(0.0), "float", examples=3)
+    assert res.ok and not res.skipped, res.summary
+    res = compare(_seq_model(0.0), _seq_model(0.5), "float", examples=3, shrink_seconds=0)
+    assert not res.ok and res.worst.name == "s[0]", res.summary
+
+
+def test_optional_and_sequence_node_tests_do_not_crash():
+    for module, name in [("if_", "test_if_opt"), ("if_", "test_if_seq"), ("loop", "test_loop13_seq")]:
+        case = _node_case(module, name)
+        res = compare(case.model, case.model, "float", examples=2)
+        assert res.ok, (name, res.summary)
+
+
+def test_an_input_too_large_to_draw_is_named(tmp_path, capsys):
+    """Before: 'found no input the model accepts ()', an empty reason."""
+    g = h.make_graph([h.make_node("Relu", ["x"], ["y"])], "g", [h.make_tensor_value_info("x", T.FLOAT, ["n", 2**40])],
+                     [h.make_tensor_value_info("y", T.FLOAT, ["n", 2**40])])
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 17)])
+    res = compare(m, m)
+    assert res.skipped and "input 'x' needs 2**40 elements" in res.reason, res.reason
+    p = tmp_path / "big.onnx"
+    onnx.save(m, p)
+    assert cli_main(["verify", str(p), str(p)]) == 2
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and "input 'x' needs 2**40 elements" in out[0], out
+
+
+def test_reproducer_folders_of_later_runs_do_not_overwrite_earlier_ones(bad_passes, tmp_path):
+    """Before: every run numbered its folders from 01, so the next failing run
+    overwrote graphopt-repro/01-<pass>."""
+    folders = []
+    for bad in ("drop-bias", "flip-sign"):
+        with pytest.raises(VerificationError):
+            graphopt.optimize(conv_model(), f"test-bad-{bad}",
+                              verify_options={"repro_dir": str(tmp_path), "shrink_seconds": 0})
+    folders = sorted(tmp_path.iterdir())
+    assert len(folders) == 2, folders
+    readmes = {f.name: (f / "README.txt").read_text() for f in folders}
+    assert any("drop-bias" in t for t in readmes.values()) and any("flip-sign" in t for t in readmes.values())
+    # the same pass failing twice: two folders
+    for _ in range(2):
+        with pytest.raises(VerificationError):
+            graphopt.optimize(conv_model(), "test-bad-drop-bias",
+                              verify_options={"repro_dir": str(tmp_path / "same"), "shrink_seconds": 0})
+    assert len(list((tmp_path / "same").iterdir())) == 2
+
+
+def test_an_error_on_the_ahead_thread_surfaces_once_without_a_thread_traceback(monkeypatch):
+    """A sample lacking an input, given to the instrument directly (graphopt.optimize
+    validates samples before this point): before, the verify-ahead thread printed its
+    own traceback before the pipeline's error."""
+    import threading
+
+    from graphopt.pipeline import PassContext, PassManager
+    from graphopt.errors import GraphoptError
+
+    seen = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: seen.append(args.exc_value))
+    ctx = PassContext(samples=[{"not_x": np.ones((1, 3, 4, 4), np.float32)}])
+    with pytest.raises(GraphoptError, match="lacks input 'x'"):
+        PassManager("test-good-identity" if False else "fold-bn", ctx, [VerifyInstrument()]).run(
+            Model.from_onnx(_bn_model()))
+    assert seen == []
+
+
+def _bn_model() -> onnx.ModelProto:
+    rng = np.random.default_rng(3)
+    nodes = [h.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+             h.make_node("BatchNormalization", ["c", "s", "bb", "m", "v"], ["y"])]
+    inits = [nh.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w")] + [
+        nh.from_array(a.astype(np.float32), n) for n, a in
+        (("s", rng.uniform(0.5, 2, 4)), ("bb", rng.standard_normal(4)), ("m", rng.standard_normal(4)),
+         ("v", rng.uniform(0.5, 2, 4)))]
+    g = h.make_graph(nodes, "g", [h.make_tensor_value_info("x", T.FLOAT, ["N", 3, "H", "W"])],
+                     [h.make_tensor_value_info("y", T.FLOAT, ["N", 4, "H", "W"])], inits)
+    return h.make_model(g, opset_imports=[h.make_opsetid("", 17)])

@@ -120,7 +120,8 @@ class CompareResult:
             d.update(counterexample=self.counterexample_text, shrunk=self.shrunk,
                      shrink_steps=self.shrink_steps)
             if self.counterexample is not None:
-                d["counterexample_shapes"] = {k: list(v.shape) for k, v in self.counterexample.items()}
+                d["counterexample_shapes"] = {k: ([list(np.shape(x)) for x in v] if isinstance(v, (list, tuple))
+                                                  else list(np.shape(v))) for k, v in self.counterexample.items()}
         if self.repro:
             d["repro"] = self.repro
         if self.notes:
@@ -138,6 +139,9 @@ def check_signatures(a: onnx.ModelProto, b: onnx.ModelProto) -> None:
             + "; ".join(x for x in (f"only the first has {', '.join(only_a)}" if only_a else "",
                                     f"only the second has {', '.join(only_b)}" if only_b else "") if x))
     for name, s in ia.items():
+        if s.container != ib[name].container:
+            raise SignatureMismatch(f"input '{name}' is a {s.container} in the first model but a "
+                                    f"{ib[name].container} in the second")
         if s.elem_type != ib[name].elem_type:
             raise SignatureMismatch(f"input '{name}' is {s.dtype} in the first model but {ib[name].dtype} in the second")
     if len(a.graph.output) != len(b.graph.output):
@@ -665,7 +669,13 @@ def save_repro(
     io.save(model_a, d / "before.onnx")
     io.save(model_b, d / "after.onnx")
     if result.counterexample is not None:
-        np.savez(d / "inputs.npz", **result.counterexample)
+        arrays = {k: v for k, v in result.counterexample.items() if isinstance(v, np.ndarray)}
+        np.savez(d / "inputs.npz", **arrays)
+        if len(arrays) < len(result.counterexample):
+            import pickle
+
+            with open(d / "inputs.pkl", "wb") as f:   # sequences: not expressible in .npz
+                pickle.dump(result.counterexample, f)
     c = result.contract
     args = [f"--contract {c.kind}"]
     if c.kind == "lossy":

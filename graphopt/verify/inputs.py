@@ -35,6 +35,19 @@ _FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProt
 _INT_TYPES = {onnx.TensorProto.INT8, onnx.TensorProto.INT16, onnx.TensorProto.INT32,
               onnx.TensorProto.INT64, onnx.TensorProto.UINT8, onnx.TensorProto.UINT16,
               onnx.TensorProto.UINT32, onnx.TensorProto.UINT64}
+# the narrow types of newer opsets (drawn like floats / ints, then cast)
+_FLOAT_TYPES |= {getattr(onnx.TensorProto, n) for n in ("FLOAT8E4M3FN", "FLOAT8E4M3FNUZ", "FLOAT8E5M2",
+                                                         "FLOAT8E5M2FNUZ", "FLOAT4E2M1") if hasattr(onnx.TensorProto, n)}
+_INT_TYPES |= {getattr(onnx.TensorProto, n) for n in ("INT4", "UINT4", "INT2", "UINT2") if hasattr(onnx.TensorProto, n)}
+
+
+def _iinfo(dtype: np.dtype):
+    try:
+        return np.iinfo(dtype)
+    except ValueError:
+        import ml_dtypes
+
+        return ml_dtypes.iinfo(dtype)
 
 
 @dataclass
@@ -46,6 +59,9 @@ class InputSpec:
     int_range: tuple[int, int] | None = None   # [lo, hi)
     float_range: tuple[float, float] | None = None
     fixed_shape: tuple[int, ...] | None = None
+    # "tensor", "sequence" (a list of tensors of this type and shape), "optional tensor"
+    # or "optional sequence" (drawn present)
+    container: str = "tensor"
 
     @property
     def kind(self) -> str:
@@ -65,9 +81,10 @@ def graph_inputs(model: onnx.ModelProto) -> list[InputSpec]:
     for vi in model.graph.input:
         if vi.name in inits:
             continue
-        tt = vi.type.tensor_type
-        if not vi.type.HasField("tensor_type"):
-            raise GraphoptError(f"input '{vi.name}' is not a tensor: cannot generate values for it")
+        container, tt = _unwrap(vi.type)
+        if tt is None:
+            raise GraphoptError(f"input '{vi.name}' is a {vi.type.WhichOneof('value') or 'value of no type'}, "
+                                "not a tensor or a sequence of tensors: cannot generate values for it")
         try:
             dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type))
         except Exception:
@@ -81,8 +98,22 @@ def graph_inputs(model: onnx.ModelProto) -> list[InputSpec]:
                     dims.append(d.dim_param)
                 else:
                     dims.append(None)
-        out.append(InputSpec(vi.name, tt.elem_type, dtype, dims))
+        elif container.endswith("sequence"):
+            dims.append(None)   # elements of unknown rank: drawn as vectors
+        out.append(InputSpec(vi.name, tt.elem_type, dtype, dims, container=container))
     return out
+
+
+def _unwrap(t: onnx.TypeProto, optional: bool = False):
+    """(container, tensor type) of an input type; (.., None) if not drawable."""
+    prefix = "optional " if optional else ""
+    if t.HasField("tensor_type"):
+        return prefix + "tensor", t.tensor_type
+    if t.HasField("sequence_type") and t.sequence_type.elem_type.HasField("tensor_type"):
+        return prefix + "sequence", t.sequence_type.elem_type.tensor_type
+    if t.HasField("optional_type") and not optional:
+        return _unwrap(t.optional_type.elem_type, optional=True)
+    return "", None
 
 
 def signature(model: onnx.ModelProto) -> list[tuple[str, int]]:
@@ -233,7 +264,7 @@ class InputSpace:
                 if inferred is None:
                     inferred = _inferred(model)
                 s.int_range = infer_int_bounds(model, s.name, inferred) or DEFAULT_INT_RANGE
-                info = np.iinfo(s.dtype)
+                info = _iinfo(s.dtype)
                 s.int_range = (max(s.int_range[0], int(info.min)), min(s.int_range[1], int(info.max) + 1))
         for s in specs:
             if s.fixed_shape is not None:
@@ -338,6 +369,9 @@ class InputSpace:
         for s in self.specs:
             if s.name not in sample:
                 raise GraphoptError(f"sample lacks input '{s.name}'")
+            if s.container.endswith("sequence") and isinstance(sample[s.name], (list, tuple)):
+                feeds[s.name] = [np.asarray(v).astype(s.dtype, copy=False) for v in sample[s.name]]
+                continue
             a = np.asarray(sample[s.name])
             if a.dtype != s.dtype:
                 a = a.astype(s.dtype)
@@ -362,24 +396,37 @@ class Example:
     def feeds(self) -> dict[str, np.ndarray]:
         if self._feeds is None:
             shapes = self.space.shapes_for(self.dims)
-            self._feeds = {s.name: make_array(s, shapes[s.name], *self.recipe[s.name])
+            self._feeds = {s.name: make_value(s, shapes[s.name], *self.recipe[s.name])
                            for s in self.space.specs}
         return self._feeds
 
     def describe(self) -> str:
         if self.real:
-            return "real sample " + ", ".join(f"{k}{list(v.shape)}" for k, v in self.feeds.items())
-        return ", ".join(f"{k}{list(v.shape)} {self.recipe[k][0]} seed={self.recipe[k][1]}"
+            return "real sample " + ", ".join(f"{k}{_shape_text(v)}" for k, v in self.feeds.items())
+        return ", ".join(f"{k}{_shape_text(v)} {self.recipe[k][0]} seed={self.recipe[k][1]}"
                          for k, v in self.feeds.items())
 
     def same_as(self, other: "Example") -> bool:
-        a, b = self.feeds, other.feeds
-        return a.keys() == b.keys() and all(
-            a[k].shape == b[k].shape and a[k].dtype == b[k].dtype and a[k].tobytes() == b[k].tobytes()
-            for k in a)
+        from .runner import _digest
+
+        return _digest(self.feeds) == _digest(other.feeds)
 
     def __repr__(self) -> str:
         return f"Example({self.describe()})"
+
+
+def _shape_text(v) -> str:
+    if isinstance(v, (list, tuple)):
+        return f"[sequence of {len(v)}" + (f" x {list(np.shape(v[0]))}" if v else "") + "]"
+    return str(list(np.shape(v)))
+
+
+def make_value(s: InputSpec, shape: tuple, kind: str, seed: int):
+    """make_array, or for a sequence input a list of (seed % 3) such arrays (seed 0,
+    the simplest, is the empty sequence)."""
+    if s.container.endswith("sequence"):
+        return [make_array(s, shape, kind, seed + 1 + k) for k in range(seed % 3)]
+    return make_array(s, shape, kind, seed)
 
 
 def make_array(s: InputSpec, shape: tuple, kind: str, seed: int) -> np.ndarray:
