@@ -137,6 +137,10 @@ class PassContext:
     seed: int = 0
     budget: dict[str, float] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    # --- distill (issue 15): the model as it entered the run's first lossy pass (a
+    # ModelProto copy the PassManager takes), the default teacher of pass `distill`.
+    teacher: Any = None
+    # --- end distill
 
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
@@ -574,6 +578,7 @@ class PassManager:
     def run(self, model: Model) -> Report:
         ctx = self.ctx
         report = Report(nodes_before=model.node_count(), bytes_before=model.weight_bytes())
+        ctx.teacher = None  # --- distill (issue 15): taken before the first lossy pass
         start = time.perf_counter()
         for inst in self.instruments:
             inst.before_pipeline(model, ctx)
@@ -608,6 +613,9 @@ class PassManager:
         if self.progress:
             self.progress(p.name)
         nodes_before, bytes_before = model.node_count(), model.weight_bytes()
+        if (p.contract == "lossy" and self.ctx.teacher is None  # --- distill (issue 15)
+                and any(getattr(q, "wants_teacher", False) for q in self.passes)):
+            self.ctx.teacher = model.to_onnx()
         for inst in self.instruments:
             inst.before_pass(p, model, self.ctx)
         t0 = time.perf_counter()

@@ -12,3 +12,6 @@ from . import nchwc  # noqa: F401
 from . import prune  # noqa: F401
 from . import quantize  # noqa: F401
 from . import shapes  # noqa: F401
+# --- distill/sparsify (issue 15)
+from . import distill  # noqa: F401
+# --- end distill/sparsify

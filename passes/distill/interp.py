@@ -1,0 +1,525 @@
+"""A small ONNX -> torch interpreter for fine-tuning (pass `distill`).
+
+`TorchGraph(proto)` runs an ONNX graph node by node with torch functions, so autograd
+gives the gradients of the graph's own weights. Weights are keyed by their ONNX tensor
+name (initializer or Constant-node output), which is how the trained values are written
+back: the graph that trains is the graph that ships, nothing is converted.
+
+Trainable: the float weights and biases of Conv, Gemm and MatMul (and ConvTranspose is
+not supported). A weight stored as integers behind a DequantizeLinear (a `quant` output)
+is trained as its dequantized float value and fake-quantized in the forward pass
+(straight-through gradient); it is written back re-quantized with its own scale and zero
+point. Activations' QuantizeLinear/DequantizeLinear pairs are fake-quant with a
+straight-through gradient. BatchNormalization runs in inference mode (running
+statistics, never updated). An op without a rule here is refused with its name: the
+pass never trains a different graph.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from graphopt import GraphoptError
+
+import torch
+import torch.nn.functional as F
+
+_DTYPES = {
+    onnx.TensorProto.FLOAT: torch.float32, onnx.TensorProto.DOUBLE: torch.float64,
+    onnx.TensorProto.FLOAT16: torch.float16, onnx.TensorProto.INT64: torch.int64,
+    onnx.TensorProto.INT32: torch.int32, onnx.TensorProto.INT8: torch.int8,
+    onnx.TensorProto.UINT8: torch.uint8, onnx.TensorProto.BOOL: torch.bool,
+}
+_QRANGE = {onnx.TensorProto.INT8: (-128, 127), onnx.TensorProto.UINT8: (0, 255),
+           onnx.TensorProto.INT16: (-32768, 32767), onnx.TensorProto.UINT16: (0, 65535)}
+_TRAINABLE_SLOTS = {"Conv": (1, 2), "Gemm": (1, 2), "MatMul": (0, 1)}
+
+
+def _ste_round(x):
+    return x + (torch.round(x) - x).detach()
+
+
+class _QWeight:
+    """An integer weight behind DequantizeLinear, trained as float (fake-quant)."""
+
+    def __init__(self, name, q, scale, zp, axis, qtype):
+        self.name, self.scale, self.zp, self.axis, self.qtype = name, scale, zp, axis, qtype
+        self.lo, self.hi = _QRANGE[qtype]
+        self.q_dtype = q.dtype
+
+    def _bshape(self, ndim):
+        if self.scale.ndim == 0:
+            return self.scale, self.zp
+        shape = [1] * ndim
+        shape[self.axis % ndim] = -1
+        return self.scale.reshape(shape), self.zp.reshape(shape)
+
+    def fake(self, w):
+        s, z = self._bshape(w.ndim)
+        q = torch.clamp(_ste_round(w / s) + z, self.lo, self.hi)
+        return (q - z) * s
+
+    def quantize(self, w: np.ndarray) -> np.ndarray:
+        s, z = self._bshape(w.ndim)
+        s, z = s.detach().numpy(), z.detach().numpy()
+        return np.clip(np.round(w / s) + z, self.lo, self.hi).astype(self.q_dtype)
+
+
+def _attrs(node):
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _ints(t):
+    return [int(v) for v in t.reshape(-1).tolist()]
+
+
+class TorchGraph(torch.nn.Module):
+    """The ONNX graph as a torch module; `params` are the trainable weights by name."""
+
+    def __init__(self, proto: onnx.ModelProto, extra_outputs=(), trainable: bool = True):
+        super().__init__()
+        g = proto.graph
+        self.opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 13)
+        for node in g.node:
+            if node.domain not in ("", "ai.onnx"):
+                raise GraphoptError(f"distill: no training rule for op '{node.domain}.{node.op_type}' "
+                                    f"(node '{node.name}')")
+            if node.op_type not in OPS:
+                raise GraphoptError(f"distill: no training rule for op '{node.op_type}' (node '{node.name}')")
+            if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
+                raise GraphoptError(f"distill: op '{node.op_type}' with a subgraph is not supported (node '{node.name}')")
+        self.nodes = list(g.node)
+        self.inputs = [i.name for i in g.input]
+        self.outputs = [o.name for o in g.output] + [n for n in extra_outputs if n not in {o.name for o in g.output}]
+        self.consts: dict[str, torch.Tensor] = {}
+        for t in g.initializer:
+            self.consts[t.name] = torch.from_numpy(np.array(numpy_helper.to_array(t)))
+        self.inputs = [n for n in self.inputs if n not in self.consts]
+        for node in g.node:
+            if node.op_type == "Constant":
+                a = _attrs(node)
+                if "value" in a:
+                    self.consts[node.output[0]] = torch.from_numpy(np.array(numpy_helper.to_array(a["value"])))
+                else:
+                    key = next(iter(a))
+                    self.consts[node.output[0]] = torch.tensor(a[key])
+        self.params = torch.nn.ParameterDict()
+        self.keys: dict[str, str] = {}    # onnx name -> ParameterDict key
+        self.qweights: dict[str, _QWeight] = {}
+        self.dq_of: dict[str, str] = {}   # DequantizeLinear output -> weight name
+        if trainable:
+            self._find_trainable(g)
+
+    def _find_trainable(self, g):
+        producer = {o: n for n in g.node for o in n.output}
+        for node in g.node:
+            for slot in _TRAINABLE_SLOTS.get(node.op_type, ()):
+                if slot >= len(node.input) or not node.input[slot]:
+                    continue
+                name = node.input[slot]
+                if name in self.consts and self.consts[name].is_floating_point():
+                    self._add_param(name, self.consts[name])
+                    continue
+                dq = producer.get(name)
+                if dq is not None and dq.op_type == "DequantizeLinear" and dq.input[0] in self.consts:
+                    q = self.consts[dq.input[0]]
+                    scale = self.consts.get(dq.input[1])
+                    zp = self.consts.get(dq.input[2]) if len(dq.input) > 2 and dq.input[2] else None
+                    qtype = next((t.data_type for t in g.initializer if t.name == dq.input[0]), None)
+                    if scale is None or qtype not in _QRANGE or dq.input[0] in self.qweights:
+                        continue
+                    zp_f = (zp.double() if zp is not None else torch.zeros_like(scale)).float()
+                    qw = _QWeight(dq.input[0], q, scale.float(), zp_f, _attrs(dq).get("axis", 1), qtype)
+                    s, z = qw._bshape(q.dim())
+                    self.qweights[dq.input[0]] = qw
+                    self.dq_of[dq.output[0]] = dq.input[0]
+                    self._add_param(dq.input[0], (q.float() - z) * s)
+
+    def _add_param(self, name, value):
+        if name in self.keys:
+            return
+        key = f"p{len(self.keys)}"
+        self.keys[name] = key
+        self.params[key] = torch.nn.Parameter(value.detach().clone().float())
+
+    def trained(self) -> dict[str, np.ndarray]:
+        """The trained weights by ONNX name, in the dtype they are stored in."""
+        out = {}
+        for name, key in self.keys.items():
+            w = self.params[key].detach().numpy()
+            if name in self.qweights:
+                out[name] = self.qweights[name].quantize(w)
+            else:
+                out[name] = w.astype(self.consts[name].numpy().dtype)
+        return out
+
+    def forward(self, feeds: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        env = dict(self.consts)
+        for name, key in self.keys.items():
+            if name not in self.qweights:
+                env[name] = self.params[key]
+        env.update(feeds)
+        for node in self.nodes:
+            if node.op_type == "Constant":
+                continue
+            if node.op_type == "DequantizeLinear" and node.output[0] in self.dq_of:
+                name = self.dq_of[node.output[0]]
+                env[node.output[0]] = self.qweights[name].fake(self.params[self.keys[name]])
+                continue
+            args = [env[i] if i else None for i in node.input]
+            outs = OPS[node.op_type](self, node, args, _attrs(node))
+            if not isinstance(outs, (list, tuple)):
+                outs = [outs]
+            for name, v in zip(node.output, outs):
+                if name:
+                    env[name] = v
+        return [env[n] for n in self.outputs]
+
+
+# ---------------------------------------------------------------------------- op rules
+
+
+def _pads_for(x, kernel, strides, dil, attrs):
+    nd = len(kernel)
+    auto = attrs.get("auto_pad", b"NOTSET")
+    auto = auto.decode() if isinstance(auto, bytes) else auto
+    if auto in ("SAME_UPPER", "SAME_LOWER"):
+        pads = [0] * (2 * nd)
+        for i in range(nd):
+            size = x.shape[2 + i]
+            out = -(-size // strides[i])
+            total = max(0, (out - 1) * strides[i] + (kernel[i] - 1) * dil[i] + 1 - size)
+            lo = total // 2 if auto == "SAME_UPPER" else total - total // 2
+            pads[i], pads[i + nd] = lo, total - lo
+        return pads
+    if auto == "VALID":
+        return [0] * (2 * nd)
+    return list(attrs.get("pads", [0] * (2 * nd)))
+
+
+def _torch_pad(pads):
+    nd = len(pads) // 2
+    out = []
+    for i in reversed(range(nd)):  # F.pad: last dim first
+        out += [pads[i], pads[i + nd]]
+    return out
+
+
+def _conv(g, node, a, at):
+    x, w, b = a[0], a[1], a[2] if len(a) > 2 else None
+    nd = w.dim() - 2
+    k = list(w.shape[2:])
+    strides = list(at.get("strides", [1] * nd))
+    dil = list(at.get("dilations", [1] * nd))
+    pads = _pads_for(x, k, strides, dil, at)
+    if any(pads):
+        x = F.pad(x, _torch_pad(pads))
+    fn = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[nd]
+    return fn(x, w, b, strides, 0, dil, at.get("group", 1))
+
+
+def _pool(g, node, a, at):
+    x = a[0]
+    k = list(at["kernel_shape"])
+    nd = len(k)
+    strides = list(at.get("strides", [1] * nd))
+    dil = list(at.get("dilations", [1] * nd))
+    pads = _pads_for(x, k, strides, dil, at)
+    ceil = bool(at.get("ceil_mode", 0))
+    if node.op_type == "MaxPool":
+        if any(pads):
+            x = F.pad(x, _torch_pad(pads), value=-math.inf)
+        fn = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[nd]
+        return fn(x, k, strides, 0, dil, ceil_mode=ceil)
+    include = bool(at.get("count_include_pad", 0))
+    fn = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[nd]
+    sym = all(pads[i] == pads[i + nd] for i in range(nd)) and all(pads[i] <= k[i] // 2 for i in range(nd))
+    if sym:
+        return fn(x, k, strides, pads[:nd], ceil_mode=ceil, count_include_pad=include)
+    if include or not any(pads):
+        return fn(F.pad(x, _torch_pad(pads)), k, strides, 0, ceil_mode=ceil, count_include_pad=True)
+    ones = F.pad(torch.ones_like(x[:1, :1]), _torch_pad(pads))
+    num = fn(F.pad(x, _torch_pad(pads)), k, strides, 0, ceil_mode=ceil, count_include_pad=True)
+    return num / fn(ones, k, strides, 0, ceil_mode=ceil, count_include_pad=True)
+
+
+def _gemm(g, node, a, at):
+    x, w = a[0], a[1]
+    if at.get("transA", 0):
+        x = x.transpose(0, 1)
+    if at.get("transB", 0):
+        w = w.transpose(0, 1)
+    y = at.get("alpha", 1.0) * (x @ w)
+    if len(a) > 2 and a[2] is not None:
+        y = y + at.get("beta", 1.0) * a[2]
+    return y
+
+
+def _bn(g, node, a, at):
+    x, scale, bias, mean, var = a[:5]
+    return F.batch_norm(x, mean.float(), var.float(), scale, bias, False, 0.0, at.get("epsilon", 1e-5))
+
+
+def _clip(g, node, a, at):
+    lo = a[1] if len(a) > 1 and a[1] is not None else at.get("min")
+    hi = a[2] if len(a) > 2 and a[2] is not None else at.get("max")
+    lo = float(lo) if lo is not None else None
+    hi = float(hi) if hi is not None else None
+    return torch.clamp(a[0], lo, hi)
+
+
+def _softmax(fn):
+    def rule(g, node, a, at):
+        x = a[0]
+        axis = at.get("axis", -1 if g.opset >= 13 else 1)
+        if g.opset >= 13:
+            return fn(x, dim=axis)
+        axis %= x.dim()
+        shape = x.shape
+        return fn(x.reshape(int(np.prod(shape[:axis])), -1), dim=1).reshape(shape)
+    return rule
+
+
+def _axes(g, node, a, at, idx=1):
+    if len(a) > idx and a[idx] is not None:
+        return _ints(a[idx])
+    v = at.get("axes")
+    return None if v is None else [int(i) for i in v]
+
+
+def _reduce(fn):
+    def rule(g, node, a, at):
+        x = a[0]
+        axes = _axes(g, node, a, at)
+        if not axes:
+            if at.get("noop_with_empty_axes", 0):
+                return x
+            axes = list(range(x.dim()))
+        return fn(x, [i % x.dim() for i in axes], bool(at.get("keepdims", 1)))
+    return rule
+
+
+def _reshape(g, node, a, at):
+    x, shape = a[0], _ints(a[1])
+    if not at.get("allowzero", 0):
+        shape = [x.shape[i] if s == 0 else s for i, s in enumerate(shape)]
+    return x.reshape(shape)
+
+
+def _squeeze(g, node, a, at):
+    axes = _axes(g, node, a, at)
+    x = a[0]
+    if axes is None:
+        return x.squeeze()
+    for ax in sorted((i % x.dim() for i in axes), reverse=True):
+        x = x.squeeze(ax)
+    return x
+
+
+def _unsqueeze(g, node, a, at):
+    x = a[0]
+    axes = _axes(g, node, a, at)
+    rank = x.dim() + len(axes)
+    for ax in sorted(i % rank for i in axes):
+        x = x.unsqueeze(ax)
+    return x
+
+
+def _split(g, node, a, at):
+    x = a[0]
+    axis = at.get("axis", 0) % x.dim()
+    sizes = _ints(a[1]) if len(a) > 1 and a[1] is not None else at.get("split")
+    if sizes is None:
+        n = len(node.output)
+        size = -(-x.shape[axis] // n)
+        sizes = [min(size, x.shape[axis] - i * size) for i in range(n)]
+    return list(torch.split(x, list(sizes), dim=axis))
+
+
+def _slice(g, node, a, at):
+    x = a[0]
+    if len(a) > 1:
+        starts, ends = _ints(a[1]), _ints(a[2])
+        axes = _ints(a[3]) if len(a) > 3 and a[3] is not None else list(range(len(starts)))
+        steps = _ints(a[4]) if len(a) > 4 and a[4] is not None else [1] * len(starts)
+    else:
+        starts, ends = list(at["starts"]), list(at["ends"])
+        axes = list(at.get("axes", range(len(starts))))
+        steps = [1] * len(starts)
+    index = [slice(None)] * x.dim()
+    flips = []
+    for s, e, ax, st in zip(starts, ends, axes, steps):
+        ax %= x.dim()
+        n = x.shape[ax]
+        if st > 0:
+            s = max(0, min(n, s + n if s < 0 else s))
+            e = max(0, min(n, e + n if e < 0 else e))
+            index[ax] = slice(s, e, st)
+        else:  # negative step: flip, then slice forward
+            s = max(-1, min(n - 1, s + n if s < 0 else s))
+            e = max(-1, min(n - 1, e + n if e < -1 or (e < 0 and e > -n - 1 and e != -1) else e))
+            flips.append(ax)
+            index[ax] = slice(n - 1 - s, n - 1 - e, -st)
+    if flips:
+        x = torch.flip(x, flips)
+    return x[tuple(index)]
+
+
+def _pad(g, node, a, at):
+    x = a[0]
+    pads = _ints(a[1]) if len(a) > 1 and a[1] is not None else list(at.get("pads"))
+    value = float(a[2]) if len(a) > 2 and a[2] is not None else float(at.get("value", 0.0))
+    if len(a) > 3 and a[3] is not None:
+        raise GraphoptError(f"distill: Pad with axes is not supported (node '{node.name}')")
+    mode = at.get("mode", b"constant")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    n = x.dim()
+    lead = pads[:n], pads[n:]
+    flat = []
+    for i in reversed(range(n)):
+        flat += [lead[0][i], lead[1][i]]
+    while len(flat) > 2 and flat[-1] == 0 and flat[-2] == 0:
+        flat = flat[:-2]
+    if mode == "constant":
+        return F.pad(x, flat, value=value)
+    return F.pad(x, flat, mode={"reflect": "reflect", "edge": "replicate"}[mode])
+
+
+def _resize(g, node, a, at):
+    x = a[0]
+    mode = at.get("mode", b"nearest")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    ctm = at.get("coordinate_transformation_mode", b"half_pixel")
+    ctm = ctm.decode() if isinstance(ctm, bytes) else ctm
+    sizes = a[3] if len(a) > 3 and a[3] is not None and a[3].numel() else None
+    scales = a[2] if len(a) > 2 and a[2] is not None and a[2].numel() else None
+    if node.op_type == "Upsample":
+        scales = a[1]
+    if sizes is not None:
+        size = _ints(sizes)[2:]
+    else:
+        size = [int(math.floor(x.shape[2 + i] * float(s))) for i, s in enumerate(scales.reshape(-1).tolist()[2:])]
+    if mode == "nearest" and ctm in ("asymmetric", "half_pixel", "tf_half_pixel_for_nn"):
+        return F.interpolate(x, size=size, mode="nearest" if ctm == "asymmetric" else "nearest-exact")
+    if mode == "linear" and ctm in ("half_pixel", "pytorch_half_pixel", "align_corners") and x.dim() == 4:
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=ctm == "align_corners")
+    raise GraphoptError(f"distill: no training rule for Resize mode={mode} "
+                        f"coordinate_transformation_mode={ctm} (node '{node.name}')")
+
+
+def _quantize(g, node, a, at):
+    x, scale = a[0], a[1].float()
+    zp = a[2] if len(a) > 2 and a[2] is not None else None
+    lo, hi = (0, 255) if zp is None or zp.dtype == torch.uint8 else _QRANGE[onnx.TensorProto.INT8]
+    zf = zp.float() if zp is not None else torch.zeros(())
+    if scale.dim() and x.dim() > 1:
+        shape = [1] * x.dim()
+        shape[at.get("axis", 1) % x.dim()] = -1
+        scale, zf = scale.reshape(shape), zf.reshape(shape)
+    return torch.clamp(_ste_round(x / scale) + zf, lo, hi)   # integer values, held as float
+
+
+def _dequantize(g, node, a, at):
+    q, scale = a[0].float(), a[1].float()
+    zp = a[2].float() if len(a) > 2 and a[2] is not None else torch.zeros(())
+    if scale.dim() and q.dim() > 1:
+        shape = [1] * q.dim()
+        shape[at.get("axis", 1) % q.dim()] = -1
+        scale, zp = scale.reshape(shape), zp.reshape(shape)
+    return (q - zp) * scale
+
+
+def _layernorm(g, node, a, at):
+    x = a[0]
+    axis = at.get("axis", -1) % x.dim()
+    shape = list(x.shape[axis:])
+    return F.layer_norm(x, shape, a[1], a[2] if len(a) > 2 else None, at.get("epsilon", 1e-5))
+
+
+def _cast(g, node, a, at):
+    return a[0].to(_DTYPES[at["to"]])
+
+
+def _flatten(g, node, a, at):
+    x = a[0]
+    axis = at.get("axis", 1) % (x.dim() + 1) if x.dim() else 0
+    return x.reshape(int(np.prod(x.shape[:axis])), -1)
+
+
+def _gather(g, node, a, at):
+    x, idx = a[0], a[1].long()
+    axis = at.get("axis", 0) % x.dim()
+    idx = torch.where(idx < 0, idx + x.shape[axis], idx)
+    out = torch.index_select(x, axis, idx.reshape(-1))
+    return out.reshape(list(x.shape[:axis]) + list(idx.shape) + list(x.shape[axis + 1:]))
+
+
+def _shape(g, node, a, at):
+    shape = list(a[0].shape)
+    start, end = at.get("start", 0), at.get("end", len(shape))
+    return torch.tensor(shape[start:end], dtype=torch.int64)
+
+
+def _const_of_shape(g, node, a, at):
+    v = at.get("value")
+    fill = torch.from_numpy(np.array(numpy_helper.to_array(v))).reshape(-1)[0] if v is not None else torch.tensor(0.0)
+    return torch.full(_ints(a[0]), fill.item(), dtype=fill.dtype)
+
+
+def _binary(fn):
+    return lambda g, node, a, at: fn(a[0], a[1])
+
+
+def _variadic(fn):
+    def rule(g, node, a, at):
+        out = a[0]
+        for v in a[1:]:
+            out = fn(out, v)
+        return out
+    return rule
+
+
+OPS = {
+    "Conv": _conv, "MaxPool": _pool, "AveragePool": _pool, "Gemm": _gemm,
+    "MatMul": _binary(torch.matmul), "BatchNormalization": _bn,
+    "Relu": lambda g, n, a, at: F.relu(a[0]),
+    "LeakyRelu": lambda g, n, a, at: F.leaky_relu(a[0], at.get("alpha", 0.01)),
+    "Sigmoid": lambda g, n, a, at: torch.sigmoid(a[0]),
+    "Tanh": lambda g, n, a, at: torch.tanh(a[0]),
+    "HardSigmoid": lambda g, n, a, at: torch.clamp(at.get("alpha", 0.2) * a[0] + at.get("beta", 0.5), 0, 1),
+    "HardSwish": lambda g, n, a, at: F.hardswish(a[0]),
+    "Elu": lambda g, n, a, at: F.elu(a[0], at.get("alpha", 1.0)),
+    "Softplus": lambda g, n, a, at: F.softplus(a[0]),
+    "Gelu": lambda g, n, a, at: F.gelu(a[0], approximate="tanh" if at.get("approximate", b"none") in (b"tanh", "tanh") else "none"),
+    "Erf": lambda g, n, a, at: torch.erf(a[0]),
+    "Exp": lambda g, n, a, at: torch.exp(a[0]),
+    "Log": lambda g, n, a, at: torch.log(a[0]),
+    "Sqrt": lambda g, n, a, at: torch.sqrt(a[0]),
+    "Abs": lambda g, n, a, at: torch.abs(a[0]),
+    "Neg": lambda g, n, a, at: -a[0],
+    "Reciprocal": lambda g, n, a, at: 1.0 / a[0],
+    "Identity": lambda g, n, a, at: a[0],
+    "Dropout": lambda g, n, a, at: a[0],
+    "Mish": lambda g, n, a, at: F.mish(a[0]),
+    "Clip": _clip, "Cast": _cast,
+    "Softmax": _softmax(torch.softmax), "LogSoftmax": _softmax(torch.log_softmax),
+    "Add": _binary(torch.add), "Sub": _binary(torch.sub), "Mul": _binary(torch.mul),
+    "Div": _binary(torch.div), "Pow": _binary(torch.pow),
+    "Max": _variadic(torch.maximum), "Min": _variadic(torch.minimum), "Sum": _variadic(torch.add),
+    "GlobalAveragePool": lambda g, n, a, at: a[0].mean(dim=tuple(range(2, a[0].dim())), keepdim=True),
+    "GlobalMaxPool": lambda g, n, a, at: a[0].amax(dim=tuple(range(2, a[0].dim())), keepdim=True),
+    "ReduceMean": _reduce(lambda x, ax, k: x.mean(dim=ax, keepdim=k)),
+    "ReduceSum": _reduce(lambda x, ax, k: x.sum(dim=ax, keepdim=k)),
+    "ReduceMax": _reduce(lambda x, ax, k: x.amax(dim=ax, keepdim=k)),
+    "Flatten": _flatten, "Reshape": _reshape, "Squeeze": _squeeze, "Unsqueeze": _unsqueeze,
+    "Transpose": lambda g, n, a, at: a[0].permute(list(at["perm"]) if "perm" in at else list(reversed(range(a[0].dim())))),
+    "Concat": lambda g, n, a, at: torch.cat([v for v in a if v is not None], dim=at["axis"]),
+    "Split": _split, "Slice": _slice, "Gather": _gather, "Shape": _shape, "Pad": _pad,
+    "ConstantOfShape": _const_of_shape, "Constant": None, "Resize": _resize, "Upsample": _resize,
+    "QuantizeLinear": _quantize, "DequantizeLinear": _dequantize, "LayerNormalization": _layernorm,
+    "Expand": lambda g, n, a, at: a[0] * torch.ones(_ints(a[1]), dtype=a[0].dtype),
+}
