@@ -23,8 +23,8 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphopt import Model, Option, Pass, PassContext, PassResult, register_group, register_pass
-from graphopt.ir import (const_value, fresh_namer, iter_graphs, iter_nodes, outer_names_used, remove_dead_nodes,
-                         subgraphs_of)
+from graphopt.ir import (const_value, fresh_namer, iter_graphs, iter_nodes, observed_names, outer_names_used,
+                         remove_dead_nodes, subgraphs_of, why_not_replace)
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +41,8 @@ class _Scope:
         self.graph = graph
         self.model = model
         self.ctx = ctx
-        self.protected = {t.name for t in graph.outputs}
-        for node in graph.nodes:
-            for sub in subgraphs_of(node):
-                self.protected |= outer_names_used(sub)
+        # Graph outputs and values nested subgraphs read by name (ir's scope rules).
+        self.protected = observed_names(graph)
         self.namer = fresh_namer(graph)
         self.dead: set[int] = set()
         self.shapes: dict[str, list] = {}  # inferred shapes, for passes that ask for them
@@ -1251,7 +1249,7 @@ class FuseOrtActivation(Pass):
 def _rewire_identity(scope: _Scope, first: gs.Node, last: gs.Node, src: gs.Tensor) -> None:
     """Drop `first`..`last` (a private chain computing the identity of `src`)."""
     out = last.outputs[0]
-    if out.name in scope.protected:
+    if out.name in scope.protected or why_not_replace(out, src, scope.graph) is not None:
         scope.replace_chain([first], last, "Identity", [src])
         return
     for c in list(out.outputs):

@@ -33,7 +33,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from graphopt import Model, Option, Pass, PassContext, PassResult, register_pass
-from graphopt.ir import const_value, fresh_namer, outer_names_used, subgraphs_of
+from graphopt.ir import const_value, fresh_namer, observed_names, outer_names_used, subgraphs_of
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ class _Rewriter:
         self.new_nodes: list[gs.Node] = []
         self.dead: set[int] = set()
         self.converted = {"conv": 0, "pool": 0, "elementwise": 0}
-        self.protected = {t.name for t in graph.outputs}
+        self.protected = observed_names(graph)  # outputs and names nested subgraphs read
 
     # -- helpers
     def _var(self, like: gs.Tensor) -> gs.Variable:

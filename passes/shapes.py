@@ -20,6 +20,7 @@ import logging
 import onnx_graphsurgeon as gs
 
 from graphopt import Model, Pass, PassContext, PassResult, register_group, register_pass
+from graphopt.ir import value_kind
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +52,8 @@ class BindShapes(Pass):
         annotated = 0
         graph_inputs = {t.name for t in model.graph.inputs}
         for name, t in model.graph.tensors().items():
-            if not isinstance(t, gs.Variable) or name in graph_inputs:
-                continue
+            if not isinstance(t, gs.Variable) or name in graph_inputs or value_kind(t) not in (None, "tensor"):
+                continue  # (a sequence, optional or map keeps its own type)
             shape = info.shapes.get(name)
             if not _static(shape):
                 continue

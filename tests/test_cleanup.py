@@ -233,3 +233,179 @@ def test_toposort_keeps_sorted_order_and_fixes_unsorted():
     with pytest.raises(GraphoptError, match="cycle"):
         sort_nodes(g)
     assert isinstance(g.nodes[0], gs.Node)
+
+
+# -- issue 13 (1, 2): subgraph-safe rewrites; sequences and optionals ----------------------
+# Each case below failed before ir's scope rules: affine_grid (noop left an If-branch
+# output produced by an outer value: onnx.checker refused the output), if_seq and
+# sequence_model1 (fold-constants stacked a sequence into a tensor: onnxruntime refused
+# the output), if_opt and loop16_seq_none (export raised UnboundLocalError on an
+# optional-typed value; Optional's TYPE_PROTO attribute was dropped).
+
+ONNX_REGRESSIONS = [
+    "node/test_affine_grid_2d_expanded", "node/test_affine_grid_3d_expanded",
+    "node/test_affine_grid_2d_align_corners_expanded", "node/test_affine_grid_3d_align_corners_expanded",
+    "node/test_if_seq", "simple/test_sequence_model1", "node/test_if_opt",
+]
+
+
+def _onnx_case(cid):
+    from graphopt.testing import conformance
+
+    kind, name = cid.split("/")
+    return next(c for c in conformance.collect([kind]) if c.name == name)
+
+
+@pytest.mark.parametrize("cid", ONNX_REGRESSIONS)
+def test_onnx_conformance_regressions_clean_fuse(cid):
+    from graphopt.testing import conformance
+
+    case = _onnx_case(cid)
+    assert conformance.baseline(case) is None  # onnxruntime runs the input right
+    for target in ("onnx", "ort"):
+        out = conformance.run_case(case, conformance.graphopt_tool("clean,fuse", target), target)
+        assert out.status == "ok", (out.status, out.reason, out.where)
+
+
+def test_optional_and_sequence_values_survive_export_and_clean():
+    """test_loop16_seq_none: optional(seq) input of a Loop body. Import/export keeps the
+    optional type; `clean` (unverified: the verifier cannot draw an optional input) gives a
+    model onnxruntime loads and that computes the expected outputs."""
+    from graphopt.ir import Model
+    from graphopt.testing import conformance
+
+    case = _onnx_case("node/test_loop16_seq_none")
+    model = case.model()
+    again = Model.from_onnx(model).to_onnx()
+    onnx.checker.check_model(again, full_check=True)
+    body_in = {i.name: i.type for i in again.graph.node[-1].attribute[0].g.input} \
+        if again.graph.node[-1].op_type == "Loop" else {}
+    assert any(t.HasField("optional_type") for t in body_in.values()) or \
+        any(i.type.HasField("optional_type") for i in again.graph.input)
+    opt = graphopt.optimize(model, "clean", verify=False)
+    ins, expected = case.data_sets()[0]
+    got = conformance._run(conformance._session(opt), ins)
+    conformance._check_outputs(expected, got, case.rtol, case.atol)
+
+
+def test_optional_type_attribute_is_kept():
+    """Optional(type=seq(float)) with no input: gs dropped the TYPE_PROTO attribute, leaving
+    a node onnx's type inference rejects."""
+    tp = oh.make_sequence_type_proto(oh.make_tensor_type_proto(F, [2]))
+    node = oh.make_node("Optional", [], ["o"], type=tp)
+    has = oh.make_node("OptionalHasElement", ["o"], ["h"])
+    g = oh.make_graph([node, has], "g", [], [oh.make_tensor_value_info("h", TensorProto.BOOL, [])])
+    m = oh.make_model(g, opset_imports=[oh.make_opsetid("", 18)], ir_version=8)
+    from graphopt.ir import Model
+
+    out = Model.from_onnx(m).to_onnx()
+    attr = {a.name: a for a in out.graph.node[0].attribute}
+    assert attr["type"].tp == tp
+    onnx.checker.check_model(out, full_check=True)
+
+
+def test_fold_constants_never_folds_a_sequence_into_a_tensor():
+    """SequenceConstruct of constants is kept (its value is a sequence: decided by the
+    schema's output type), while a tensor computed from it (SequenceAt) is folded."""
+    c1 = nh.from_array(np.arange(3, dtype=np.float32), "c1")
+    c2 = nh.from_array(np.arange(3, dtype=np.float32) + 5, "c2")
+    pos = nh.from_array(np.array(1, dtype=np.int64), "pos")
+    nodes = [oh.make_node("SequenceConstruct", ["c1", "c2"], ["s"]),
+             oh.make_node("SequenceAt", ["s", "pos"], ["t"]),
+             oh.make_node("Add", ["x", "t"], ["y"])]
+    seq_out = oh.make_tensor_sequence_value_info("s", F, [3])
+    m = _model(nodes, [_vi("x", [3])], [_vi("y", [3]), seq_out], inits=[c1, c2, pos], opset=17)
+    opt = graphopt.optimize(m, "clean", verify=False)
+    onnx.checker.check_model(opt, full_check=True)
+    assert "SequenceConstruct" in _ops(opt) and "SequenceAt" not in _ops(opt)
+    x = np.ones(3, np.float32)
+    ref, got = run_ort(m, {"x": x}), run_ort(opt, {"x": x})
+    assert np.array_equal(ref[0], got[0]) and len(got[1]) == 2 and np.array_equal(got[1][1], ref[1][1])
+
+
+def _if_model(branch_nodes, branch_out, outer_nodes=(), inputs=None, extra_outputs=()):
+    then = oh.make_graph(branch_nodes, "then", [], [branch_out])
+    other = oh.make_graph([oh.make_node("Neg", ["x"], ["e_out"])], "else", [], [_vi("e_out", [2])])
+    nodes = list(outer_nodes) + [oh.make_node("If", ["c"], ["y"], then_branch=then, else_branch=other)]
+    ins = inputs or [_vi("x", [2]), _vi("c", [], TensorProto.BOOL)]
+    return _model(nodes, ins, [_vi("y", [2]), *extra_outputs], opset=17)
+
+
+def test_noop_keeps_a_branch_output_fed_by_an_outer_value():
+    """If-branch `t_out = Identity(r)` with r computed in the outer graph: removing it
+    would make the branch return an outer value directly (onnxruntime refuses); it stays."""
+    m = _if_model([oh.make_node("Identity", ["r"], ["t_out"])], _vi("t_out", [2]),
+                  outer_nodes=[oh.make_node("Relu", ["x"], ["r"])])
+    for c in (True, False):
+        _run(m, "clean", {"x": np.array([1, -2], np.float32), "c": np.array(c)})
+    opt = graphopt.optimize(m, "clean", verify=False)
+    then = next(a.g for a in opt.graph.node[-1].attribute if a.name == "then_branch")
+    assert [n.op_type for n in then.node] == ["Identity"] and then.output[0].name == "t_out"
+
+
+def test_noop_removes_a_branch_identity_when_the_branch_computes_the_value():
+    """t_out = Identity(Abs(x)) inside the branch: the Abs output takes over the name."""
+    m = _if_model([oh.make_node("Abs", ["x"], ["a"]), oh.make_node("Identity", ["a"], ["t_out"])],
+                  _vi("t_out", [2]))
+    opt = _run(m, "clean", {"x": np.array([1, -2], np.float32), "c": np.array(True)})
+    then = next(a.g for a in opt.graph.node[-1].attribute if a.name == "then_branch")
+    assert [n.op_type for n in then.node] == ["Abs"] and then.output[0].name == "t_out"
+
+
+def test_noop_outer_identity_removed_and_branch_reads_renamed():
+    """x2 = Identity(x1) in the outer graph, read by a branch by name: removing the
+    Identity makes the branch read x1."""
+    then = oh.make_graph([oh.make_node("Neg", ["x2"], ["t_out"])], "then", [], [_vi("t_out", [2])])
+    other = oh.make_graph([oh.make_node("Abs", ["x2"], ["e_out"])], "else", [], [_vi("e_out", [2])])
+    nodes = [oh.make_node("Relu", ["x"], ["x1"]), oh.make_node("Identity", ["x1"], ["x2"]),
+             oh.make_node("If", ["c"], ["y"], then_branch=then, else_branch=other)]
+    m = _model(nodes, [_vi("x", [2]), _vi("c", [], TensorProto.BOOL)], [_vi("y", [2])])
+    for c in (True, False):
+        opt = _run(m, "clean", {"x": np.array([1, -2], np.float32), "c": np.array(c)})
+    assert "Identity" not in _ops(opt)
+    branches = {a.name: a.g for a in opt.graph.node[-1].attribute}
+    assert list(branches["then_branch"].node[0].input) == ["x1"]
+    assert list(branches["else_branch"].node[0].input) == ["x1"]
+
+
+def test_replace_all_uses_respects_shadowing():
+    """A branch that defines its own `x2` (shadowing the outer one; legal ONNX scoping,
+    though onnxruntime insists on unique names) keeps reading its own value when the
+    outer x2 is replaced; a branch without its own x2 follows the replacement."""
+    import onnx_graphsurgeon as gs
+
+    from graphopt.ir import Model, replace_all_uses
+
+    then = oh.make_graph([oh.make_node("Neg", ["x2"], ["t_out"])], "then", [], [_vi("t_out", [2])])
+    other = oh.make_graph([oh.make_node("Abs", ["x"], ["x2"]), oh.make_node("Neg", ["x2"], ["e_out"])],
+                          "else", [], [_vi("e_out", [2])])
+    nodes = [oh.make_node("Relu", ["x"], ["x1"]), oh.make_node("Identity", ["x1"], ["x2"]),
+             oh.make_node("If", ["c"], ["y"], then_branch=then, else_branch=other)]
+    g = oh.make_graph(nodes, "g", [_vi("x", [2]), _vi("c", [], TensorProto.BOOL)], [_vi("y", [2])])
+    m = Model.from_onnx(oh.make_model(g, opset_imports=[oh.make_opsetid("", 17)], ir_version=8))
+    graph = m.graph
+    relu, ident, if_node = graph.nodes
+    # Give the then-branch its own tensor object named x2 (as a by-name read), the way
+    # a subgraph built or copied separately refers to an outer value.
+    then_g = if_node.attrs["then_branch"]
+    then_g.nodes[0].inputs[0] = gs.Variable("x2", dtype=np.float32)
+    replace_all_uses(ident.outputs[0], relu.outputs[0], graph)
+    assert then_g.nodes[0].inputs[0] is relu.outputs[0]
+    else_g = if_node.attrs["else_branch"]
+    assert else_g.nodes[1].inputs[0] is else_g.nodes[0].outputs[0]  # its own x2, untouched
+
+
+def test_cse_in_a_branch_keeps_branch_outputs_produced_inside():
+    """Two equal Relu(x) in a branch, one of them the branch output: the merge keeps an
+    output produced by a node of the branch, under its name."""
+    then = oh.make_graph([oh.make_node("Relu", ["x"], ["r1"]), oh.make_node("Relu", ["x"], ["t_out"]),
+                          oh.make_node("Add", ["r1", "t_out"], ["t2"])], "then", [],
+                         [_vi("t_out", [2]), _vi("t2", [2])])
+    other = oh.make_graph([oh.make_node("Neg", ["x"], ["e1"]), oh.make_node("Abs", ["x"], ["e2"])],
+                          "else", [], [_vi("e1", [2]), _vi("e2", [2])])
+    nodes = [oh.make_node("If", ["c"], ["y", "z"], then_branch=then, else_branch=other)]
+    m = _model(nodes, [_vi("x", [2]), _vi("c", [], TensorProto.BOOL)], [_vi("y", [2]), _vi("z", [2])])
+    opt = _run(m, "clean", {"x": np.array([1, -2], np.float32), "c": np.array(True)})
+    then_g = next(a.g for a in opt.graph.node[0].attribute if a.name == "then_branch")
+    assert _ops(onnx.helper.make_model(then_g)).count("Relu") == 1
+    assert [o.name for o in then_g.output] == ["t_out", "t2"]
