@@ -39,3 +39,24 @@ def sleep_if_pruned(path: str) -> float:
     if _pruned(path):
         time.sleep(120)
     return 1.0
+
+
+def hold_one_trial(path: str) -> float:
+    """The first pruned trial to get here announces its Ray node in $GRAPHOPT_TEST_MARKERS and
+    waits, so the test can kill that node while the trial runs; any other call returns at once."""
+    import ray
+
+    markers = os.environ["GRAPHOPT_TEST_MARKERS"]
+    if _pruned(path):
+        try:
+            fd = os.open(os.path.join(markers, "claimed"), os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return 1.0
+        os.close(fd)
+        node = ray.get_runtime_context().get_node_id()
+        tmp = os.path.join(markers, ".running")
+        with open(tmp, "w") as f:
+            f.write(node)
+        os.replace(tmp, os.path.join(markers, "running"))
+        time.sleep(60)
+    return 1.0

@@ -245,37 +245,52 @@ def test_a_failing_trial_is_recorded_and_the_search_goes_on(tmp_path, local_ray,
 
 
 @pytest.mark.slow
-def test_a_node_killed_during_a_search_loses_no_trial(tmp_path, local_ray):
+def test_a_node_killed_during_a_search_loses_no_trial(tmp_path, local_ray, monkeypatch):
+    """Two worker nodes; the node running a trial is killed mid-trial (the trial's metric
+    holds it there); Ray runs that trial again on the other node and every trial ends."""
+    import threading
+    import time
+
     from ray.cluster_utils import Cluster
 
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    monkeypatch.setenv("GRAPHOPT_TEST_MARKERS", str(markers))  # inherited by the nodes' workers
     ray.shutdown()  # this test needs a cluster of its own
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+    killed: dict = {}
     try:
         workers = [cluster.add_node(num_cpus=1, resources={MEASURE_RESOURCE: 1}) for _ in range(2)]
         cluster.wait_for_nodes()
         ray.init(address=cluster.address, log_to_driver=False)
-        killed: dict = {}
 
-        def kill_one(event):
-            if event["state"] == "complete" and not killed:
-                alive = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
-                victim = next(w for w in workers if w.node_id in alive)
-                killed["id"] = victim.node_id
-                killed["at"] = __import__("time").time()
-                cluster.remove_node(victim, allow_graceful=False)
+        def killer():
+            deadline = time.time() + 120
+            while not (markers / "running").exists():
+                if time.time() > deadline:
+                    return
+                time.sleep(0.1)
+            node_id = (markers / "running").read_text()
+            victim = next(w for w in workers if w.node_id == node_id)
+            killed.update(id=node_id, at=time.time())
+            cluster.remove_node(victim, allow_graceful=False)
 
+        thread = threading.Thread(target=killer, daemon=True)
+        thread.start()
         res = run_search(str(DIGITS), load_samples(CALIB),
-                         "clean,prune(ratio=[0.1,0.2,0.3,0.4,0.5,0.6])", str(tmp_path / "s"),
-                         trials=6, rounds=2, runs_per_block=3, on_trial=kill_one)
-        assert killed
+                         "clean,prune(ratio=[0.2,0.3,0.4,0.5,0.6,0.7])", str(tmp_path / "s"),
+                         trials=6, rounds=2, runs_per_block=3, metric=f"{METRICS}:hold_one_trial")
+        thread.join(timeout=5)
+        assert killed, "no trial reached the node to kill"
         trials = res.trials
         assert sorted(t["number"] for t in trials) == list(range(6))  # every trial accounted for
         assert all(t["state"] in ("complete", "fail") for t in trials)
         assert all(t["reason"] for t in trials if t["state"] == "fail")
-        complete = [t for t in trials if t["state"] == "complete"]
-        assert len(complete) >= 4, [(t["spec"], t["reason"]) for t in trials]
-        after = [t for t in complete if t["measure_t0"] > killed["at"]]
-        assert after and all(t["measure_node_id"] != killed["id"] for t in after)
+        assert sum(t["state"] == "complete" for t in trials) == 6, [(t["spec"], t["reason"]) for t in trials]
+        # the trial that was running on the killed node was run again on the other one
+        retried = [t for t in trials if t["submitted"] < killed["at"] < t["build_t0"]]
+        assert retried and all(t["build_node_id"] != killed["id"] for t in retried)
+        assert all(t["measure_node_id"] != killed["id"] for t in trials if t["measure_t0"] > killed["at"])
         _check_measurements_serialized(trials)
     finally:
         ray.shutdown()

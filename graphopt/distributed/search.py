@@ -126,7 +126,7 @@ def _trial_row(t) -> dict:
         row.update(dict(zip(OBJECTIVES, t.values)))
         row["speedup"] = 1.0 / t.values[0] if t.values[0] > 0 else None
     for k in ("baseline_ms", "candidate_ms", "ratio_spread", "measured_on", "node_type",
-              "built_on", "build_node_id", "measure_node_id", "model", "build_seconds", "measure_t0", "measure_t1", "build_t0", "build_t1"):
+              "built_on", "build_node_id", "measure_node_id", "submitted", "model", "build_seconds", "measure_t0", "measure_t1", "build_t0", "build_t1"):
         if k in a:
             row[k] = a[k]
     return row
@@ -237,6 +237,7 @@ def run_search(model: str, samples: list[dict], space_text: str, outdir: str, *,
                     values = space.suggest(trial)
                     spec = space.spec_for(values)
                     trial.set_user_attr("spec", spec)
+                    trial.set_user_attr("submitted", time.time())
                     info_ref, data_ref = build.remote(base_ref, spec, ctx_ref, verify, metric_fn, ref_out)
                     building[info_ref] = (trial, data_ref, time.monotonic())
                     to_run -= 1
