@@ -186,6 +186,15 @@ class Model:
         export_graph_into(self.graph, model.graph)
         if self.initializer_inputs:
             self._export_initializer_inputs(model.graph)
+        if model.ir_version < 4:
+            # Before IR 4 every initializer must also be a graph input; a folded constant
+            # is not one. IR 4 allows that and changes nothing else (prune-initializers
+            # raises the version the same way).
+            listed = {i.name for i in model.graph.input}
+            if any(t.name not in listed for t in model.graph.initializer):
+                log.info("ir_version %d -> 4: the model now has initializers that are not graph inputs",
+                         model.ir_version)
+                model.ir_version = 4
         if self._node_meta:
             for node in iter_proto_nodes(model.graph):
                 meta = self._node_meta.get(node.name)
