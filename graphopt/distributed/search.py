@@ -137,10 +137,13 @@ def run_search(model: str, samples: list[dict], space_text: str, outdir: str, *,
                ray_address: str | None = None, workers: int | None = None, sampler: str = "auto",
                seed: int = 0, ctx_fields: dict | None = None, verify: bool = True,
                trial_timeout: float = 1800.0, threads: int = 1, rounds: int = 10,
-               runs_per_block: int = 10, max_retries: int = 3,
+               runs_per_block: int = 10, max_retries: int = 3, exclusive_measure: bool = True,
                on_trial: Callable[[dict], None] | None = None,
                progress: Callable[[str], None] | None = None) -> SearchResult:
-    """Search `space_text` for `model`; results, best models and report go to `outdir`."""
+    """Search `space_text` for `model`; results, best models and report go to `outdir`.
+
+    `exclusive_measure=False` times trials on one CPU beside running builds (no measure
+    resource): only for benchmarks/bench_search.py, to show what serializing avoids."""
     import onnx
 
     from .. import io
@@ -206,8 +209,11 @@ def run_search(model: str, samples: list[dict], space_text: str, outdir: str, *,
         mcpus = cluster.measure_cpus()
         workers = workers or cluster.build_cpus()
         build = ray.remote(tasks.build_trial).options(num_cpus=1, num_returns=2, max_retries=max_retries)
-        measure = ray.remote(tasks.measure_trial).options(
-            num_cpus=mcpus, resources={cluster.MEASURE_RESOURCE: 1}, max_retries=max_retries)
+        if exclusive_measure:
+            measure = ray.remote(tasks.measure_trial).options(
+                num_cpus=mcpus, resources={cluster.MEASURE_RESOURCE: 1}, max_retries=max_retries)
+        else:  # benchmarks/bench_search.py: timing beside running builds, for comparison only
+            measure = ray.remote(tasks.measure_trial).options(num_cpus=1, max_retries=max_retries)
         base_ref = ray.put(model_bytes)
         samples_ref = ray.put(samples)
         ctx_ref = ray.put(ctx)
@@ -232,7 +238,7 @@ def run_search(model: str, samples: list[dict], space_text: str, outdir: str, *,
 
         try:
             while to_run or building or measuring:
-                while to_run and len(building) < workers and not measuring:
+                while to_run and len(building) < workers and not (measuring and exclusive_measure):
                     trial = study.ask()
                     values = space.suggest(trial)
                     spec = space.spec_for(values)
