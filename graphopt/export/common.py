@@ -53,6 +53,7 @@ class ExportResult:
     notes: list[str] = field(default_factory=list)
     repro: str | None = None
     seconds: dict[str, float] = field(default_factory=dict)
+    model: onnx.ModelProto | None = field(default=None, repr=False)   # the ONNX model that was converted
 
     def as_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {

@@ -155,7 +155,7 @@ def export_model(
 
         log.warning("no --samples: INT8 calibration on drawn inputs (ranges of made-up data, not the model's)")
         calib = [ex.feeds for ex in InputSpace.from_model(model, shapes, input_ranges).draw(32, seed)]
-    work = Path(tempfile.mkdtemp(prefix=".graphopt-export-", dir=out.parent))
+    work = Path(tempfile.mkdtemp(prefix=".graphopt-export-", dir=out.parent.resolve()))
     try:
         onnx_path = work / f"{out.stem}.onnx"
         io.save(optimized, onnx_path)
@@ -173,7 +173,8 @@ def export_model(
         res = ExportResult(runtime, None, [], result, spec, precision,
                            layout=getattr(runner, "layout", "") or "as the ONNX model")
         if qdq and hasattr(runner, "int8_ops"):
-            res.notes.append(f"{runner.int8_ops()} op(s) run in 8-bit precision in {runtime}")
+            res.notes.append(f"{runner.int8_ops()} Convolution/FullyConnected/MatMul layer(s) run in 8-bit "
+                             f"precision in {runtime}")
         if getattr(runner, "quantized", False):
             res.notes.append("full-integer model: int8 inputs/outputs, quantized and dequantized by the runner")
         if result.skipped:
@@ -189,6 +190,7 @@ def export_model(
             shutil.move(str(f), dst)
             moved.append(dst)
         res.output, res.files = moved[0], moved
+        res.model = optimized
         times["total"] = time.perf_counter() - t0
         res.seconds = times
         return res

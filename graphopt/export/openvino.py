@@ -89,11 +89,15 @@ class Runner(TargetRunner):
         return lambda: self.request.infer(prepared)
 
     def int8_ops(self) -> int:
-        """Ops the CPU plugin runs in an 8-bit precision (runtime_precision u8/i8)."""
+        """Convolution/FullyConnected/MatMul layers the CPU plugin runs in 8-bit precision
+        (the compiled model's runtimePrecision u8/i8)."""
         n = 0
         for op in self.compiled.get_runtime_model().get_ordered_ops():
             info = op.get_rt_info()
-            if "runtimePrecision" in info and str(info["runtimePrecision"]).strip() in ("u8", "i8"):
+            if "runtimePrecision" not in info or "layerType" not in info:
+                continue
+            kind, prec = info["layerType"].astype(str), info["runtimePrecision"].astype(str)
+            if kind in ("Convolution", "FullyConnected", "MatMul", "Deconvolution") and prec in ("u8", "i8"):
                 n += 1
         return n
 
