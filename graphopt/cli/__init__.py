@@ -31,6 +31,9 @@ COMMANDS = {
     "batch": ("batch", "optimize many models in parallel on Ray (resumable)"),
     "search": ("search", "search pipeline configurations with Optuna on Ray (resumable)"),
     # --- end distributed
+    # --- export (issue 20)
+    "export": ("export", "convert a model for OpenVINO, LiteRT, MNN or TensorRT, verified against onnxruntime"),
+    # --- end export
 }
 
 

@@ -31,6 +31,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="show the N most expensive nodes (default 10; 0 hides them)")
     parser.add_argument("--strict", action="store_true",
                         help="fail when a node's shape is unknown instead of counting it 0")
+    # --- export (issue 20)
+    parser.add_argument("--runtime", choices=("openvino", "tflite", "mnn", "tensorrt"), default=None,
+                        help="latency in this runtime beside onnxruntime, as given and after graphopt's passes "
+                             "for it (each converted and verified; interleaved medians)")
+    # --- end export
 
 
 def parse_batches(text: str | None) -> list[int | None]:
@@ -54,6 +59,12 @@ def run(args: argparse.Namespace) -> int:
         raise GraphoptError("--runs must be at least 1 and --warmup at least 0")
     if args.threads is not None and args.threads < 1:
         raise GraphoptError("--threads must be at least 1")
+    # --- export (issue 20)
+    if args.runtime:
+        from .export import run_profile
+
+        return run_profile(args)
+    # --- end export
     shapes = dict(options.parse_shape(s) for s in args.input_shape)
     batches = parse_batches(args.batch)
     model = io.load(args.model)

@@ -55,6 +55,12 @@ def run(args: argparse.Namespace) -> int:
             budget[args.metric] = {"rel_l2": 0.05, "cosine": 0.99, "top1": 0.9}[args.metric]
     elif budget or args.metric:
         raise GraphoptError("--metric/--budget apply to --contract lossy")
+    # --- export (issue 20): B converted for another runtime (.xml, .tflite, .mnn, .engine)
+    from . import export as _export
+
+    if _export.is_converted_path(args.model_b):
+        return _export.run_verify(args, budget)
+    # --- end export
     ctx = options.context_from_args(args)
     a = io.load(args.model_a)
     b = io.load(args.model_b)
