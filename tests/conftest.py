@@ -53,11 +53,37 @@ def models_dir() -> Path:
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
+# --- export (issue 20): the one skip CI allows. A test marked requires_gpu (TensorRT)
+# skips with "needs an NVIDIA GPU" where nvidia-smi lists no GPU (this project's CI
+# machines have none); where one is listed it runs like any other test.
+GPU_SKIP = "needs an NVIDIA GPU (nvidia-smi lists none here)"
+
+
+def _gpu_present() -> bool:
+    from graphopt.export.tensorrt import gpu_present
+
+    return gpu_present()
+
+
+def pytest_collection_modifyitems(config, items):
+    gpu_tests = [item for item in items if item.get_closest_marker("requires_gpu")]
+    if gpu_tests and not _gpu_present():
+        for item in gpu_tests:
+            item.add_marker(pytest.mark.skip(reason=GPU_SKIP))
+
+
+def _allowed_gpu_skip(item, report) -> bool:
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    return item.get_closest_marker("requires_gpu") is not None and GPU_SKIP in reason and not _gpu_present()
+# --- end export
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
-    if IN_CI and report.skipped and not hasattr(report, "wasxfail"):
+    if IN_CI and report.skipped and not hasattr(report, "wasxfail") \
+            and not _allowed_gpu_skip(item, report):  # export (issue 20): GPU-only tests
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         report.outcome = "failed"
         report.longrepr = f"skipped in CI (CI=true requires every test to run): {reason}"
