@@ -88,19 +88,23 @@ def optimize_file(
     dst = os.fspath(dst) if dst is not None else (os.fspath(src) if in_place else default_output_path(src))
     manager = PassManager(spec, ctx, instruments)  # a bad spec fails before any loading
     manager.progress = progress
-    proto, sources = io.load_with_sources(src)
+    # external data stays in its files (memory-mapped; see io.map_external_data) and the
+    # output is written from the weights' arrays (io.export_model): no protobuf copy of
+    # the weights is made on the way
+    proto, sources = io.load_with_sources(src, lazy=True)
     protect = () if in_place else tuple(sources)
     io.check_destination(dst, external_data=external_data, protect=protect)  # fail before the work
     io.check_ops(proto)
     manager.ctx = _with_checked_samples(manager.ctx, proto)
     model = Model.from_onnx(proto)
+    io.map_external_data(model.graph, os.path.dirname(os.path.abspath(src)))
     input_valid = check_model(proto, what=os.fspath(src))
     del proto
     report = manager.run(model)
-    out = model.to_onnx()
+    out, arrays = io.export_model(model)
     if input_valid:
         check_model(out, what="the optimized model", strict=True)
-    io.save(out, dst, external_data=external_data, protect=protect)
+    io.save(out, dst, external_data=external_data, protect=protect, arrays=arrays)
     return dst, report
 
 
@@ -142,33 +146,34 @@ def _checker_skeleton(proto: onnx.ModelProto) -> onnx.ModelProto:
     graph = proto.graph
     if len(proto.training_info):
         return proto
-    big = []
-    for t in graph.initializer:
-        n = 1
-        for d in t.dims:
-            n *= d
-        if n >= _SKELETON_MIN_ELEMENTS and t.data_location != onnx.TensorProto.EXTERNAL \
-                and t.HasField("raw_data"):
-            big.append(t)
-    if not big:
-        return proto
     import numpy as np
     from onnx import helper
 
-    for t in big:
-        try:
-            itemsize = np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
-        except (KeyError, TypeError, ValueError):
-            return proto  # an unusual type: let the checker see it whole
+    big, external = [], []
+    for t in graph.initializer:
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            external.append(t)  # still in its file (checked at load), or a stub of io.export_model
+            continue
         n = 1
         for d in t.dims:
             n *= d
-        if t.data_type in (onnx.TensorProto.STRING,) or itemsize * n != len(t.raw_data):
-            if t.data_type == onnx.TensorProto.STRING:
-                return proto
+        if n < _SKELETON_MIN_ELEMENTS or not t.HasField("raw_data") or t.data_type == onnx.TensorProto.STRING:
+            continue
+        try:
+            itemsize = np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
+        except (KeyError, TypeError, ValueError):
+            continue  # an unusual type: let the checker see it whole
+        if itemsize * n != len(t.raw_data):
             raise onnx.checker.ValidationError(
                 f"TensorProto (tensor name: {t.name}) raw_data size ({len(t.raw_data)} bytes) "
                 f"does not match its shape and type ({itemsize * n} bytes)")
+        big.append(t)
+    main_ids = {id(t) for t in external}
+    nested_external = any(t.data_location == onnx.TensorProto.EXTERNAL and id(t) not in main_ids
+                          for t in io.iter_model_tensors(proto))
+    if not big and not external and not nested_external:
+        return proto
+    big = big + external
     big_names = {t.name for t in big}
     input_names = {i.name for i in graph.input}
     skeleton = onnx.ModelProto()
@@ -178,6 +183,17 @@ def _checker_skeleton(proto: onnx.ModelProto) -> onnx.ModelProto:
     for t in big:
         if t.name not in input_names:
             skeleton.graph.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    if nested_external:
+        # external tensors in subgraphs and attributes (whose files the checker would look
+        # for in the working folder) are checked with zeros of their size in their place
+        for t in io.iter_model_tensors(skeleton):
+            if t.data_location == onnx.TensorProto.EXTERNAL:
+                n = io._fixed_nbytes(t)
+                if n is None:
+                    continue
+                del t.external_data[:]
+                t.ClearField("data_location")
+                t.raw_data = bytes(n)
     return skeleton
 
 

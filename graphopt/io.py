@@ -165,9 +165,12 @@ def load(path: str | os.PathLike, *, load_external_data: bool = True) -> onnx.Mo
 
 
 def load_with_sources(
-    path: str | os.PathLike, *, load_external_data: bool = True
+    path: str | os.PathLike, *, load_external_data: bool = True, lazy: bool = False,
 ) -> tuple[onnx.ModelProto, set[Path]]:
-    """Like `load`, also returning every file the model was read from (itself and its data)."""
+    """Like `load`, also returning every file the model was read from (itself and its data).
+    With `lazy`, external data is checked but left in its files when `map_external_data`
+    can map it (initializers and tensor attributes of a numeric type): the caller imports
+    the model and calls map_external_data(graph, path's folder)."""
     path = Path(path)
     if not path.exists():
         raise GraphoptError(f"{path}: no such file")
@@ -185,9 +188,194 @@ def load_with_sources(
         raise GraphoptError(f"{path}: not a valid ONNX model (no opset import)")
     base_dir = path.parent
     files = external_files(model, base_dir)
-    if files and load_external_data:
+    if files and load_external_data and not (lazy and _lazy_loadable(model)):
         onnx.external_data_helper.load_external_data_for_model(model, str(base_dir))
     return model, {path.resolve(), *files}
+
+
+# -- weights kept in their files ---------------------------------------------------------
+#
+# A model with external data is not read into protobuf: `load_with_sources(lazy=True)`
+# leaves its tensors external, and `map_external_data` gives each gs Constant a numpy
+# array over a private (copy-on-write) memory map of the data file. Passes read and may
+# even write those arrays like any other; only the pages they touch are read. For saving,
+# `export_model` produces the ModelProto with every large array as a stub (an external
+# reference to the array, not its bytes), and `save(..., arrays=...)` writes the arrays
+# straight into the output, piece by piece. Peak memory is then about the weights read
+# once (the file pages of the maps), not several protobuf copies of them.
+
+_ARRAY_PREFIX = "graphopt-array:"
+_STUB_MIN_BYTES = 1024  # constants from this size on are exported as stubs (save's threshold)
+
+
+def _lazy_loadable(model: onnx.ModelProto) -> bool:
+    """Every external tensor is a graph initializer or a tensor attribute (what gs imports
+    as a Constant): sparse and function tensors are loaded into the model instead."""
+    for sparse in _iter_sparse(model.graph):
+        if onnx.TensorProto.EXTERNAL in (sparse.values.data_location, sparse.indices.data_location):
+            return False
+    for func in model.functions:
+        for node in func.node:
+            for attr in node.attribute:
+                for t in [attr.t] * attr.HasField("t") + list(attr.tensors):
+                    if t.data_location == onnx.TensorProto.EXTERNAL:
+                        return False
+    return np.little_endian
+
+
+def _iter_sparse(graph: onnx.GraphProto):
+    yield from graph.sparse_initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("sparse_tensor"):
+                yield attr.sparse_tensor
+            yield from attr.sparse_tensors
+            if attr.HasField("g"):
+                yield from _iter_sparse(attr.g)
+            for g in attr.graphs:
+                yield from _iter_sparse(g)
+
+
+class _Maps:
+    """One private memory map per external data file, opened on first use."""
+
+    def __init__(self, base_dir: Path) -> None:
+        self.base_dir = base_dir
+        self.maps: dict[str, mmap.mmap] = {}
+
+    def view(self, tensor: onnx.TensorProto) -> np.ndarray | None:
+        """The tensor's data as a writable array over the map (None: not a plain numeric type)."""
+        if tensor.data_type in _SUBBYTE_TYPES or tensor.data_type in (
+                onnx.TensorProto.STRING, onnx.TensorProto.BFLOAT16, onnx.TensorProto.UNDEFINED):
+            return None
+        try:
+            dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type))
+        except (KeyError, TypeError, ValueError):
+            return None
+        if dtype.kind not in "fiubc" or dtype.names:
+            return None
+        location, offset, _ = external_span(tensor)
+        count = 1
+        for d in tensor.dims:
+            count *= d
+        if count == 0:
+            return np.zeros(tuple(tensor.dims), dtype)
+        buf = self.maps.get(location)
+        if buf is None:
+            with open(self.base_dir / location, "rb") as f:
+                buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+            self.maps[location] = buf
+        return np.frombuffer(buf, dtype=dtype, count=count, offset=offset).reshape(tuple(tensor.dims))
+
+
+def map_external_data(graph, base_dir: str | os.PathLike) -> int:
+    """Give every Constant of a gs graph (and its subgraphs, tensor attributes included)
+    that is still an external-data TensorProto an array over a memory map of its file.
+    Others of an unusual type are loaded into their TensorProto. Returns how many were mapped."""
+    import onnx_graphsurgeon as gs
+    from onnx_graphsurgeon.ir.tensor import LazyValues
+
+    from .ir import iter_graphs
+
+    maps = _Maps(Path(base_dir))
+    mapped = 0
+    seen: set[int] = set()
+    for const in _iter_gs_constants(graph, gs, iter_graphs):
+        if id(const) in seen or not isinstance(const._values, LazyValues):
+            continue
+        seen.add(id(const))
+        proto = const._values.tensor
+        if not isinstance(proto, onnx.TensorProto) or proto.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        arr = maps.view(proto)
+        if arr is None:
+            onnx.external_data_helper.load_external_data_for_tensor(proto, str(base_dir))
+            proto.data_location = onnx.TensorProto.DEFAULT
+            del proto.external_data[:]
+            const.data_location = None
+            continue
+        const._values = arr
+        const.data_location = None
+        mapped += 1
+    return mapped
+
+
+def _iter_gs_constants(graph, gs, iter_graphs):
+    for g in iter_graphs(graph):
+        for t in g.tensors().values():
+            if isinstance(t, gs.Constant):
+                yield t
+        for node in g.nodes:
+            for value in node.attrs.values():
+                if isinstance(value, gs.Constant):
+                    yield value
+                elif isinstance(value, (list, tuple)):
+                    yield from (v for v in value if isinstance(v, gs.Constant))
+
+
+def export_model(model) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """`model.to_onnx()` (a graphopt.ir.Model) with every constant held as a numpy array of
+    at least 1 KiB exported as a stub: an external-data tensor whose location names an
+    entry of the returned dict of arrays. Only `save(proto, ..., arrays=...)` understands
+    the stubs; nothing is copied. The model is left as it was."""
+    import onnx_graphsurgeon as gs
+    from onnx_graphsurgeon.ir.tensor import LazyValues
+
+    from .ir import iter_graphs
+
+    arrays: dict[str, np.ndarray] = {}
+    swapped: list[tuple] = []
+    seen: set[int] = set()
+    try:
+        for const in _iter_gs_constants(model.graph, gs, iter_graphs):
+            values = const._values
+            if id(const) in seen or not isinstance(values, np.ndarray) or values.nbytes < _STUB_MIN_BYTES:
+                continue
+            seen.add(id(const))
+            if values.dtype.kind not in "fiubc" or values.dtype.names or not values.dtype.isnative:
+                continue
+            try:
+                data_type = onnx.helper.np_dtype_to_tensor_dtype(values.dtype)
+            except (KeyError, TypeError, ValueError):
+                continue
+            key = f"{_ARRAY_PREFIX}{len(arrays)}"
+            stub = onnx.TensorProto(name=const.name, data_type=data_type, dims=values.shape,
+                                    data_location=onnx.TensorProto.EXTERNAL)
+            for k, v in (("location", key), ("offset", "0"), ("length", str(values.nbytes))):
+                stub.external_data.add(key=k, value=v)
+            arrays[key] = values
+            swapped.append((const, values, const.data_location))
+            const._values = LazyValues(stub)
+        proto = model.to_onnx()
+    finally:
+        for const, values, location in swapped:
+            const._values = values
+            const.data_location = location
+    return proto, arrays
+
+
+def _stub_key(t: onnx.TensorProto, arrays: dict | None) -> str | None:
+    if not arrays or t.data_location != onnx.TensorProto.EXTERNAL:
+        return None
+    for e in t.external_data:
+        if e.key == "location":
+            return e.value if e.value in arrays else None
+    return None
+
+
+def _materialize(t: onnx.TensorProto, arr: np.ndarray) -> None:
+    """Turn a stub into an ordinary tensor with its bytes in raw_data."""
+    del t.external_data[:]
+    t.ClearField("data_location")
+    t.raw_data = np.ascontiguousarray(arr).tobytes()
+
+
+def _write_array(f, arr: np.ndarray, chunk: int = 64 << 20) -> int:
+    """Write an array's bytes in pieces (no full copy); returns the bytes written."""
+    flat = np.ascontiguousarray(arr).reshape(-1).view(np.uint8)
+    for start in range(0, flat.size, chunk):
+        f.write(memoryview(flat[start:start + chunk]))
+    return flat.size
 
 
 def _parse_file(f, model: onnx.ModelProto, path: Path) -> None:
@@ -315,19 +503,24 @@ def save(
     *,
     external_data: bool | None = None,
     protect: tuple[str | os.PathLike, ...] = (),
+    arrays: dict[str, np.ndarray] | None = None,
 ) -> Path:
     """Write a model atomically.
 
     external_data: True/False forces the format; None (default) uses external data only
     when the model would not fit in one protobuf. The data file is `<name>.data` beside
     the model. Files in `protect` (the input model and its data) are never overwritten.
+    arrays: the weights of a model from `export_model`, whose stubs are written from
+    these arrays piece by piece (that model's tensors are then rewritten to point at
+    the output; without `arrays` the caller's model is left unchanged).
     Returns the written path.
     """
     path = Path(path)
     directory = path.parent if str(path.parent) else Path(".")
     if external_data is None:
         check_destination(path, protect=protect)
-        external_data = model_byte_size(model) > EXTERNAL_DATA_THRESHOLD
+        in_arrays = sum(a.nbytes for a in arrays.values()) if arrays else 0
+        external_data = model_byte_size(model) + in_arrays > EXTERNAL_DATA_THRESHOLD
     check_destination(path, external_data=external_data, protect=protect)
     data_name = path.name + ".data"
 
@@ -338,7 +531,22 @@ def save(
                             f"{e.strerror or e}") from e
     try:
         tmp_model = tmpdir / path.name
-        if external_data:
+        if arrays:
+            if external_data:
+                _write_external(model, arrays, tmpdir / data_name, data_name)
+            else:
+                # write_model streams the main graph's initializers from their arrays;
+                # stubs anywhere else (subgraphs, attributes) are filled in first
+                mains = list(model.graph.initializer)  # kept alive: their ids stay valid
+                main_ids = {id(t) for t in mains}
+                for t in iter_model_tensors(model):
+                    key = _stub_key(t, arrays)
+                    if key is not None and id(t) not in main_ids:
+                        _materialize(t, arrays[key])
+                del mains
+            with open(tmp_model, "wb") as f:
+                write_model(model, f, arrays=None if external_data else arrays)
+        elif external_data:
             onnx.save_model(
                 model,
                 str(tmp_model),
@@ -353,7 +561,7 @@ def save(
         else:
             with open(tmp_model, "wb") as f:
                 write_model(model, f)
-        if external_data:
+        if external_data and (tmpdir / data_name).exists():
             os.replace(tmpdir / data_name, directory / data_name)
         os.replace(tmp_model, path)
     except OSError as e:
@@ -363,6 +571,35 @@ def save(
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
     return path
+
+
+_ALIGN = 4096
+
+
+def _write_external(model: onnx.ModelProto, arrays: dict, data_path: Path, data_name: str) -> None:
+    """Move every tensor of at least 1 KiB into the data file: stubs from their arrays,
+    the others from their raw_data (which is then cleared)."""
+    with open(data_path, "wb") as f:
+        for t in iter_model_tensors(model):
+            key = _stub_key(t, arrays)
+            if key is not None:
+                source = arrays[key]
+            elif (t.data_location != onnx.TensorProto.EXTERNAL and t.HasField("raw_data")
+                  and _raw_nbytes(t) >= _STUB_MIN_BYTES):
+                source = t.raw_data
+            else:
+                continue
+            offset = f.tell()
+            if offset % _ALIGN:
+                f.write(b"\0" * (_ALIGN - offset % _ALIGN))
+                offset = f.tell()
+            length = _write_array(f, source) if key is not None else f.write(source)
+            del source
+            t.ClearField("raw_data")
+            del t.external_data[:]
+            t.data_location = onnx.TensorProto.EXTERNAL
+            for k, v in (("location", data_name), ("offset", str(offset)), ("length", str(length))):
+                t.external_data.add(key=k, value=v)
 
 
 # -- streamed serialization -------------------------------------------------------------
@@ -413,10 +650,12 @@ class _RawTensor:
     straight from the message (one copy, instead of encoding the tensor into a buffer
     and copying that into a bytes object), then its fields after raw_data."""
 
-    __slots__ = ("after", "before", "nbytes", "size", "tensor")
+    __slots__ = ("after", "array", "before", "nbytes", "size", "tensor")
 
-    def __init__(self, tensor: onnx.TensorProto, before: bytes, after: bytes, nbytes: int) -> None:
+    def __init__(self, tensor: onnx.TensorProto, before: bytes, after: bytes, nbytes: int,
+                 array: np.ndarray | None = None) -> None:
         self.tensor, self.before, self.after, self.nbytes = tensor, before, after, nbytes
+        self.array = array  # a stub's weights (see export_model): written from here
         self.size = len(before) + len(_RAW_KEY) + len(_varint(nbytes)) + nbytes + len(after)
 
 
@@ -428,7 +667,24 @@ _RAW_FIELD = onnx.TensorProto.DESCRIPTOR.fields_by_name["raw_data"].number
 _RAW_KEY = _key(_RAW_FIELD)
 
 
-def _raw_piece(t: onnx.TensorProto) -> _RawTensor | None:
+_EXTERNAL_FIELDS = {onnx.TensorProto.DESCRIPTOR.fields_by_name[n].number
+                    for n in ("external_data", "data_location")}
+
+
+def _stub_piece(t: onnx.TensorProto, arr: np.ndarray) -> _RawTensor:
+    """A stub written as the tensor it stands for: its fields with raw_data = the array's bytes."""
+    before, after = onnx.TensorProto(), onnx.TensorProto()
+    for fd, value in t.ListFields():
+        if fd.number == _RAW_FIELD or fd.number in _EXTERNAL_FIELDS:
+            continue
+        copy_field(before if fd.number < _RAW_FIELD else after, fd, value)
+    return _RawTensor(t, before.SerializeToString(), after.SerializeToString(), arr.nbytes, arr)
+
+
+def _raw_piece(t: onnx.TensorProto, arrays: dict | None = None) -> _RawTensor | None:
+    key = _stub_key(t, arrays)
+    if key is not None:
+        return _stub_piece(t, arrays[key])
     if t.data_location == onnx.TensorProto.EXTERNAL or not t.HasField("raw_data"):
         return None
     try:
@@ -457,7 +713,7 @@ def _has_unknown_fields(msg) -> bool:
         return False
 
 
-def _plan(msg) -> tuple[list, int]:
+def _plan(msg, arrays: dict | None = None) -> tuple[list, int]:
     """The pieces (bytes or _Deferred) whose concatenation is msg's encoding, and its length."""
     pieces: list = []
     total = 0
@@ -476,7 +732,7 @@ def _plan(msg) -> tuple[list, int]:
         key = (name, fd.name)
         if key in _STREAM_SINGULAR:
             flush()
-            sub, n = _plan(value)
+            sub, n = _plan(value, arrays)
             head = _key(fd.number) + _varint(n)
             pieces.append(head)
             pieces.extend(sub)
@@ -484,7 +740,7 @@ def _plan(msg) -> tuple[list, int]:
         elif key in _STREAM_REPEATED:
             flush()
             for elem in value:
-                raw = _raw_piece(elem) if fd.name == "initializer" else None
+                raw = _raw_piece(elem, arrays) if fd.name == "initializer" else None
                 if raw is not None:
                     head = _key(fd.number) + _varint(raw.size)
                     pieces.append(head)
@@ -514,15 +770,18 @@ def _plan(msg) -> tuple[list, int]:
     return pieces, total
 
 
-def write_model(model: onnx.ModelProto, f) -> int:
+def write_model(model: onnx.ModelProto, f, arrays: dict[str, np.ndarray] | None = None) -> int:
     """Write `model`'s protobuf encoding to the binary file `f` without building the whole
-    encoding in memory (see above); the bytes equal model.SerializeToString(). Raises
+    encoding in memory (see above); the bytes equal model.SerializeToString(). With
+    `arrays` (see export_model), stubs among the main graph's initializers are written as
+    the tensors they stand for, their raw data straight from the arrays. Raises
     ValueError when the model is over protobuf's 2 GB limit. Returns the bytes written."""
     if _has_unknown_fields(model) or _has_unknown_fields(model.graph):
+        _materialize_all(model, arrays)
         data = model.SerializeToString()
         f.write(data)
         return len(data)
-    pieces, total = _plan(model)
+    pieces, total = _plan(model, arrays)
     if total > PROTOBUF_LIMIT:
         raise ValueError(f"Message onnx.ModelProto exceeds maximum protobuf size of 2GB: {total}")
     start = f.tell()
@@ -532,15 +791,28 @@ def write_model(model: onnx.ModelProto, f) -> int:
         # a raw_data length that disagrees with its tensor's shape: encode the model plainly
         f.seek(start)
         f.truncate()
+        _materialize_all(model, arrays)
         data = model.SerializeToString()
         f.write(data)
         return len(data)
     return total
 
 
+def _materialize_all(model: onnx.ModelProto, arrays: dict | None) -> None:
+    for t in iter_model_tensors(model):
+        key = _stub_key(t, arrays)
+        if key is not None:
+            _materialize(t, arrays[key])
+
+
 def _write_pieces(pieces: list, f) -> None:
     for piece in pieces:
-        if isinstance(piece, _RawTensor):
+        if isinstance(piece, _RawTensor) and piece.array is not None:
+            f.write(piece.before)
+            f.write(_RAW_KEY + _varint(piece.nbytes))
+            _write_array(f, piece.array)
+            f.write(piece.after)
+        elif isinstance(piece, _RawTensor):
             raw = piece.tensor.raw_data
             if len(raw) != piece.nbytes:
                 raise _SizeMismatch
