@@ -237,7 +237,10 @@ def _first_line(e: BaseException) -> str:
 def _where(e: BaseException) -> str:
     """The innermost traceback frame inside graphopt/passes (else the innermost)."""
     frames = traceback.extract_tb(e.__traceback__)
-    ours = [f for f in frames if "/graphopt/" in f.filename or "/passes/" in f.filename]
+    ours = [f for f in frames if ("/graphopt/" in f.filename or "/passes/" in f.filename)
+            and "/graphopt/testing/" not in f.filename]
+    if not ours:  # the tool's own code (not the harness) where the exception came from
+        ours = [f for f in frames if "/graphopt/testing/conformance.py" not in f.filename]
     f = (ours or frames or [None])[-1]
     if f is None:
         return ""
