@@ -95,6 +95,9 @@ def test_bad_input_exits_2_and_writes_nothing(tmp_path, capsys):
     assert main(["search", str(DIGITS), "--samples", str(CALIB), "--space", "quant(mode=[none,static])",
                  "--metric", "nosuchmodule_xyz:f", "-o", str(out)]) == 2
     assert "cannot import nosuchmodule_xyz" in capsys.readouterr().err
+    assert main(["search", str(DIGITS), "--samples", str(CALIB), "--space", "quant(mode=[none,static])",
+                 "--storage", "nosuchdb://nowhere/x", "-o", str(out)]) == 2
+    assert "--storage nosuchdb://nowhere/x" in capsys.readouterr().err
     assert not out.exists()
 
 
@@ -131,6 +134,9 @@ def test_batch_shipped_models_and_a_corrupt_file(tmp_path, local_ray, capsys):
     res2 = json.loads(capsys.readouterr().out)
     assert res2["skipped"] == len(models) and res2["failed"] == 1 and res2["ok"] == 0
     assert {m: os.path.getmtime(by_input[str(m)]["output"]) for m in models} == mtimes
+    assert main(args[:-1]) == 1  # the table
+    text = capsys.readouterr().out
+    assert "corrupt.onnx" in text and f"{len(models)} skipped" in text and "1 failed" in text
 
 
 # ------------------------------------------------------------------ search
@@ -180,8 +186,11 @@ def test_search_digits_finds_a_faster_model_within_one_point(tmp_path, local_ray
     _check_measurements_serialized(trials)
 
 
+SMALL_SPACE = "clean,prune(ratio=[0.1,0.2,0.3,0.4])"
+
+
 def _small_search(out, trials=4, **kw):
-    return run_search(str(DIGITS), load_samples(CALIB), "clean,prune(ratio=[0.1,0.2,0.3,0.4])",
+    return run_search(str(DIGITS), load_samples(CALIB), SMALL_SPACE,
                       str(out), trials=trials, rounds=2, runs_per_block=3, **kw)
 
 
@@ -189,7 +198,7 @@ class Stop(Exception):
     pass
 
 
-def test_interrupted_search_resumes_without_redoing_finished_trials(tmp_path, local_ray):
+def test_interrupted_search_resumes_without_redoing_finished_trials(tmp_path, local_ray, capsys):
     out = tmp_path / "s"
     seen = []
 
@@ -221,8 +230,11 @@ def test_interrupted_search_resumes_without_redoing_finished_trials(tmp_path, lo
     interrupted = [t for t in res.trials if t["state"] == "fail"]
     assert interrupted and all(t["reason"].startswith("interrupted") for t in interrupted)
     assert res.ran == 4 - 1
-    # a third run has nothing to do
-    assert _small_search(out).ran == 0
+    # a third run (from the command line) has nothing to do, and shows the Pareto front
+    assert main(["search", str(DIGITS), "--samples", str(CALIB), "--space", SMALL_SPACE, "--trials", "4",
+                 "-o", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "Pareto front" in text and "4 complete" in text and "0 run now" in text
 
 
 @pytest.mark.parametrize("metric, reason", [

@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
     elif not args.quiet:
         print_summary(result)
-    return 0
+    return 0 if any(t["state"] == "complete" for t in result.trials) else 1
 
 
 def print_summary(result) -> None:

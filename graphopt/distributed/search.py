@@ -174,7 +174,8 @@ def run_search(model: str, samples: list[dict], space_text: str, outdir: str, *,
     if isinstance(sampler_obj, optuna.samplers.GridSampler) and trials > space.size():
         log.warning("the space has %d points: running %d trials, not %d", space.size(), space.size(), trials)
         trials = space.size()
-    os.makedirs(os.path.join(outdir, "trials"), exist_ok=True)
+    if storage is None:
+        os.makedirs(outdir, exist_ok=True)  # the SQLite file goes there
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         study = optuna.create_study(study_name=study_name, storage=storage_url, sampler=sampler_obj,
@@ -184,6 +185,7 @@ def run_search(model: str, samples: list[dict], space_text: str, outdir: str, *,
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names(list(OBJECTIVES))
+    os.makedirs(os.path.join(outdir, "trials"), exist_ok=True)
     study.set_user_attr("model", os.path.abspath(model))
     study.set_user_attr("space", space.source)
     study.set_user_attr("metric", metric or "agreement with the input model")
