@@ -19,10 +19,15 @@ run whenever the true ratio sits near `need` or the machine is busy. The rule he
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
+import os
+import platform
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -131,3 +136,65 @@ def paired_speedup(ref, new, feed: dict, *, need: float | None = None, seconds: 
     sp = Speedup(med, lo, hi, len(ratios), float(np.median(ta)) * 1e3, float(np.median(tb)) * 1e3)
     log.debug("timing: %s (%.3f ms vs %.3f ms, %d runs per sample)", sp.describe(), sp.ms_ref, sp.ms_new, reps)
     return sp
+
+
+# ------------------------------------------------------------------ measurement cache
+#
+# The interval rule keeps a verdict stable whenever the true speedup is not within noise
+# of `need`; a model whose speedup sits right there (MobileNetV3-small on a busy 2-core
+# machine: 1.05-1.2x) can still come out "faster" in one run and "inconclusive" in the
+# next. So a measurement is also recorded per machine and runtime, keyed by the exact
+# bytes of both models and the feed's shapes, and reused: the first run decides, later
+# runs on the same machine give the same verdict and bytes. Location:
+# $GRAPHOPT_CACHE_DIR (default ~/.cache/graphopt)/quant-timing.json.
+
+
+def _machine() -> str:
+    import onnxruntime as ort
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}; {os.cpu_count()} cpus; onnxruntime {ort.__version__}"
+
+
+def cache_path() -> Path:
+    root = os.environ.get("GRAPHOPT_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "graphopt")
+    return Path(root) / "quant-timing.json"
+
+
+def cache_key(ref_bytes: bytes, new_bytes: bytes, feed: dict) -> str:
+    h = hashlib.sha256()
+    for b in (ref_bytes, new_bytes, _machine().encode(),
+              repr(sorted((k, tuple(np.shape(v)), str(np.asarray(v).dtype)) for k, v in feed.items())).encode()):
+        h.update(hashlib.sha256(b).digest())
+    return h.hexdigest()
+
+
+def cached(key: str) -> Speedup | None:
+    try:
+        rec = json.loads(cache_path().read_text()).get(key)
+        return Speedup(**rec["speedup"]) if rec else None
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+
+
+def remember(key: str, sp: Speedup) -> None:
+    path = cache_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            data = {}
+        data[key] = {"speedup": asdict(sp), "machine": _machine(), "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data, indent=0, sort_keys=True))
+        os.replace(tmp, path)
+    except OSError as e:  # a read-only home must not fail the pass
+        log.info("timing cache not written (%s)", e)

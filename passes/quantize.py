@@ -85,6 +85,9 @@ class Quantize(Pass):
         "measure": Option(bool, True, "time the result and drop quantization that does not pay"),
         "min_speedup": Option(float, 1.05, "with measure: keep INT8 only when at least this much faster than "
                               "float (a margin over timing noise)"),
+        "cost_cache": Option(bool, True, "with measure: reuse this machine's earlier measurement of the same "
+                             "models ($GRAPHOPT_CACHE_DIR/quant-timing.json), so a verdict near min_speedup "
+                             "does not flip between runs"),
         "accuracy": Option(bool, True, "keep the most sensitive nodes in float until the budget holds"),
         **budget_options(budget),
         "calib_samples": Option(int, 64, "at most this many samples for calibration"),
@@ -271,23 +274,36 @@ class Quantize(Pass):
         A set counts only when its whole interval clears min_speedup; a later set replaces
         the chosen one only when its interval lies entirely above the chosen one's. An
         inconclusive measurement never picks INT8: the model stays float."""
-        from ._timing import paired_speedup, session
+        from . import _timing
 
         feeds = _cost_feeds(fp32, feed)
-        ref_sessions = [session(fp32) for _ in feeds][:1] * len(feeds)
+        ref_session = None
+        ref_bytes = fp32.SerializeToString()
         need = self.min_speedup
+        reused = []
 
         def speed(model):  # the worst feed decides
+            nonlocal ref_session
             worst = None
-            for f, rs in zip(feeds, ref_sessions):
-                sp = paired_speedup(rs, model, f, need=need)
+            new_bytes = model.SerializeToString()
+            for f in feeds:
+                key = _timing.cache_key(ref_bytes, new_bytes, f) if self.cost_cache else None
+                sp = _timing.cached(key) if key else None
+                if sp is None:
+                    ref_session = ref_session or _timing.session(fp32)
+                    sp = _timing.paired_speedup(ref_session, model, f, need=need)
+                    if key:
+                        _timing.remember(key, sp)
+                else:
+                    reused.append(key)
                 if worst is None or sp.ratio < worst.ratio:
                     worst = sp
             return worst
 
         tried = []
-        best = None  # (label, q, skip, Speedup)
-        for label, cfg_skip, why in self._cost_configs(builder, skip):
+        best = None  # (label, q, skip, Speedup, why)
+        regions = builder.regions(skip)
+        for label, cfg_skip, why in self._cost_configs(builder, skip, regions):
             cand = q if cfg_skip == skip else builder.build(cfg_skip)
             if cfg_skip != skip and validate(cand):
                 continue
@@ -300,27 +316,65 @@ class Quantize(Pass):
             if best is None or sp.lo > best[3].hi:
                 best = (label, cand, cfg_skip, sp, why)
         stats["cost_trials"] = [f"{label}: {sp.describe()} -> {verdict}" for label, sp, verdict in tried]
+        if reused:
+            stats["cost_cache"] = f"{len(reused)} measurement(s) reused from {_timing.cache_path()}"
         if best is None:
             first = f"{tried[0][0]}: {tried[0][1].describe()}" if tried else "no valid candidate"
             stats["reverted"] = (f"INT8 not shown faster than FP32 by {need:g}x on onnxruntime ({first}); "
                                  f"model kept in float")
             log.warning("quant: %s", stats["reverted"])
             stats["latency_ratio"] = round(tried[0][1].ratio, 3) if tried else 0.0
+            stats["regions"] = {r.describe(): "float: no set of regions measured faster than FP32" for r in regions}
             return None, skip
         label, cand, cfg_skip, sp, why = best
         for n in cfg_skip - skip:
-            stats["left_float"][n] = why.get(n, "cost") if isinstance(why, dict) else why
+            stats["left_float"][n] = why.get(n, "cost")
         stats["cost_choice"] = label
         stats["latency_ratio"] = round(sp.ratio, 3)
         stats["latency_ratio_interval"] = [round(sp.lo, 3), round(sp.hi, 3)]
+        stats["regions"] = {}
+        for r in regions:
+            kept = [n for n in r.nodes if n not in cfg_skip]
+            if not kept:
+                stats["regions"][r.describe()] = "float: " + why.get(r.nodes[0], "cost").removeprefix("cost: ")
+            elif len(kept) < len(r.nodes):
+                stats["regions"][r.describe()] = (f"int8 ({len(kept)}/{len(r.nodes)} nodes; "
+                                                  f"the rest float: no speedup from INT8 there)")
+            else:
+                stats["regions"][r.describe()] = f"int8 (in the chosen set '{label}', measured {sp.describe()})"
         return cand, cfg_skip
 
-    def _cost_configs(self, builder, skip):
-        """(label, nodes kept float, why) in the fixed order the cost check tries them."""
-        yield "all candidates", skip, ""
+    QDQ_COSTS = (4.0, 16.0, 64.0, 256.0)
+
+    def _cost_configs(self, builder, skip, regions):
+        """(label, nodes kept float, why per node) in the fixed order the cost check tries
+        them: everything; element-wise/pooling ops float; then the regions whose estimated
+        gain is positive, for each Q/DQ cost in QDQ_COSTS (greedy by estimated gain: a
+        higher Q/DQ cost keeps fewer, denser regions). Sets already tried are skipped."""
+        seen = []
+
+        def new(cfg):
+            if cfg in seen:
+                return False
+            seen.append(cfg)
+            return True
+
+        if new(skip):
+            yield "all candidates", skip, {}
         cheap = {n for n, node in builder.candidates.items() if node.op in CHEAP_OPS} - skip
-        if cheap:
-            yield "element-wise/pooling ops float", skip | cheap, "cost: no speedup from INT8 here"
+        if cheap and new(skip | cheap):
+            yield "element-wise/pooling ops float", skip | cheap, dict.fromkeys(cheap, "cost: no speedup from INT8 here")
+        if len(regions) < 2:
+            return
+        for k in self.QDQ_COSTS:
+            losing = [r for r in regions if r.gain(k) <= 0]
+            if not losing or len(losing) == len(regions):
+                continue
+            cfg = skip | {n for r in losing for n in r.nodes}
+            if new(cfg):
+                why = {n: f"cost: region {r.label} estimated to lose ({r.gain(k) / 1e6:+.2f} M MAC-equivalents "
+                          f"at Q/DQ cost {k:g})" for r in losing for n in r.nodes}
+                yield f"regions with estimated gain > 0 at Q/DQ cost {k:g} ({len(regions) - len(losing)}/{len(regions)})", cfg, why
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -561,6 +615,39 @@ def export_like(g: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
+class Region:
+    """A set of quantized nodes that stays INT8 inside, with what the cost estimate needs."""
+
+    # The estimate, in units of one float32 multiply-accumulate of a dense convolution:
+    # an INT8 dense MAC saves about half of one (u8s8 kernels); a depthwise MAC saves
+    # nothing (onnxruntime's INT8 depthwise kernels are no faster than float); every
+    # element quantized at a region's entry or dequantized at its exit costs QDQ_COST MACs.
+    # QDQ_COST is not known well a priori (memory bound, machine dependent): the cost
+    # check tries several values and times the whole model for each (see Quantize._cost).
+    DENSE_SAVING = 0.5
+    DW_SAVING = 0.0
+
+    def __init__(self, nodes: list[str], ops: list[str]):
+        self.nodes = nodes
+        self.ops = ops
+        self.label = ""
+        self.macs_dense = 0
+        self.macs_dw = 0
+        self.entry_elems = 0
+        self.exit_elems = 0
+
+    def gain(self, qdq_cost: float) -> float:
+        return (self.DENSE_SAVING * self.macs_dense + self.DW_SAVING * self.macs_dw
+                - qdq_cost * (self.entry_elems + self.exit_elems))
+
+    def describe(self) -> str:
+        from collections import Counter
+
+        ops = ", ".join(f"{op}x{c}" if c > 1 else op for op, c in sorted(Counter(self.ops).items()))
+        return (f"{self.label} ({ops}; {self.macs_dense / 1e6:.2f} M dense + {self.macs_dw / 1e6:.2f} M depthwise MACs, "
+                f"{self.entry_elems + self.exit_elems} Q/DQ elements)")
+
+
 class _Builder:
     """Plans once, then builds quantized models for any set of nodes kept in float."""
 
@@ -667,6 +754,82 @@ class _Builder:
                 names.add(node.inputs[i].name)
             names.add(self._output_target(g, node)[0].name)
         return sorted(names)
+
+    # -- regions (issue 16) ---------------------------------------------------------
+    def regions(self, skip: set[str]) -> list["Region"]:
+        """The quantized nodes (candidates not in `skip`) grouped into regions: chains that
+        stay INT8 between the quantize at their entry and the dequantize at their exit. Two
+        nodes share a region when one's quantized output is the other's quantized input and
+        no float op reads it (static); in dynamic mode every node quantizes its own input
+        and is a region alone.
+        Each region carries what a cost estimate needs: MACs of its convolutions/matmuls
+        (dense and depthwise) and the number of elements quantized at entry and
+        dequantized at exit, from onnx shape inference (unknown dims count as 1)."""
+        proto = onnx.shape_inference.infer_shapes(self.proto)
+        elems: dict[str, int] = {}
+        for vi in list(proto.graph.value_info) + list(proto.graph.input) + list(proto.graph.output):
+            dims = vi.type.tensor_type.shape.dim
+            if vi.type.tensor_type.HasField("shape"):
+                elems[vi.name] = int(np.prod([d.dim_value if d.dim_value > 0 else 1 for d in dims]))
+        g = gs.import_onnx(self.proto)
+        active = [n for n in g.nodes if n.name in self.candidates and n.name not in skip]
+        names = {n.name for n in active}
+        parent = {n: n for n in names}
+
+        def find(a):
+            while parent[a] != a:
+                parent[a] = parent[parent[a]]
+                a = parent[a]
+            return a
+
+        target = {n.name: self._output_target(g, n)[0] for n in active}
+        produced = {t.name: name for name, t in target.items()}
+        ins = {n.name: [n.inputs[i] for i in self._act_inputs(n)] for n in active}
+        if self.mode == "static":
+            outs = {t.name for t in g.outputs} | self.used_by_sub
+            for n in active:
+                for t in ins[n.name]:
+                    p = produced.get(t.name)
+                    # stays INT8 from p to n only if nothing reads t in float (else it is
+                    # dequantized there anyway: the chain ends)
+                    if p is not None and t.name not in outs and all(c.name in names for c in t.outputs):
+                        parent[find(n.name)] = find(p)
+        groups: dict[str, list] = {}
+        for n in active:
+            groups.setdefault(find(n.name), []).append(n)
+        out = []
+        for nodes in groups.values():
+            members = {n.name for n in nodes}
+            r = Region(sorted(members), [n.op for n in nodes])
+            for n in nodes:
+                if n.op in ("Conv", "ConvTranspose", "Gemm", "MatMul") and isinstance(n.inputs[1], gs.Constant):
+                    w = n.inputs[1].values
+                    o_el = elems.get(n.outputs[0].name, 0)
+                    if n.op in ("Conv", "ConvTranspose"):
+                        group = int(n.attrs.get("group", 1))
+                        if n.op == "Conv":  # W: [M, C/group, k...]
+                            macs, cin = o_el * int(np.prod(w.shape[1:])), w.shape[1] * group
+                        else:  # ConvTranspose, W: [C, M/group, k...]: per input element
+                            macs, cin = elems.get(n.inputs[0].name, 0) * int(np.prod(w.shape[1:])), w.shape[0]
+                        if group > 1 and group == cin:
+                            r.macs_dw += macs
+                        else:
+                            r.macs_dense += macs
+                    else:
+                        k = w.shape[1] if n.op == "Gemm" and n.attrs.get("transB", 0) else w.shape[0]
+                        r.macs_dense += o_el * int(k)
+                for t in ins[n.name]:  # entry: quantized here unless a region member made it
+                    if produced.get(t.name) not in members or self.mode == "dynamic":
+                        r.entry_elems += elems.get(t.name, 0)
+                t = target[n.name]
+                readers = [c for c in t.outputs if c.name not in members]
+                if readers or t in g.outputs or self.mode == "dynamic":  # exit: dequantized for float readers
+                    r.exit_elems += elems.get(t.name, 0)
+            out.append(r)
+        out.sort(key=lambda r: r.nodes[0])
+        for i, r in enumerate(out):
+            r.label = f"R{i}"
+        return out
 
     def calibrate(self, samples, method, percentile):
         names = self.plan_tensors()

@@ -17,6 +17,12 @@ from graphopt.passes.quantize import _session, rel_l2, validate
 from conftest import MODELS
 
 
+@pytest.fixture(autouse=True)
+def _own_timing_cache(tmp_path, monkeypatch):
+    """quant reuses earlier timings from $GRAPHOPT_CACHE_DIR: each test starts without any."""
+    monkeypatch.setenv("GRAPHOPT_CACHE_DIR", str(tmp_path / "cache"))
+
+
 def _digits():
     m = onnx.load(str(MODELS / "digits_cnn.onnx"))
     test = np.load(MODELS / "digits_test.npz")
@@ -122,7 +128,7 @@ def test_later_cost_config_must_be_clearly_faster(monkeypatch):
     q, res = _quant(m, calib)
     assert res.changed and res.stats["cost_choice"] == "all candidates"
     _fake_speed(monkeypatch, [(1.5, 1.3, 1.7), (2.2, 1.9, 2.5)])  # clearly faster: take it
-    q, res = _quant(m, calib)
+    q, res = _quant(m, calib, cost_cache=False)  # (not the first call's cached measurements)
     assert res.changed and res.stats["cost_choice"] != "all candidates"
     assert any(why.startswith("cost") for why in res.stats["left_float"].values())
 
@@ -311,3 +317,98 @@ def test_fused_ort_convs_are_quantized():
     assert not any(n.op_type == "FusedConv" for n in q.graph.node)
     b = _session(q, True).run(None, {"input": x})[0]
     assert (b.argmax(1) == y).mean() > 0.95
+
+
+# ---------------------------------------------------------------- per-region cost (issue 16)
+
+
+def _region_model():
+    """x -> convA (1x1, 3->64) -> Relu -> convB (1x1, 64->64) -> y1; y1 * HardSigmoid(y1)
+    (HardSwish as exporters spell it) -> convC (3x3 depthwise) -> out."""
+    rng = np.random.default_rng(0)
+    inits = [onnx.numpy_helper.from_array(rng.normal(0, 0.3, s).astype(np.float32), n)
+             for n, s in (("wa", (64, 3, 1, 1)), ("wb", (64, 64, 1, 1)), ("wc", (64, 1, 3, 3)))]
+    nodes = [helper.make_node("Conv", ["x", "wa"], ["a"], name="convA"),
+             helper.make_node("Relu", ["a"], ["ar"], name="relu"),
+             helper.make_node("Conv", ["ar", "wb"], ["y1"], name="convB"),
+             helper.make_node("HardSigmoid", ["y1"], ["h"], name="hsig", alpha=1 / 6, beta=0.5),
+             helper.make_node("Mul", ["y1", "h"], ["m"], name="mul"),
+             helper.make_node("Conv", ["m", "wc"], ["out"], name="convC", group=64, pads=[1, 1, 1, 1])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+                          [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 64, 16, 16])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    rng = np.random.default_rng(1)
+    return m, [{"x": rng.uniform(0, 1, (1, 3, 16, 16)).astype(np.float32)} for _ in range(4)]
+
+
+def test_regions_are_chains_between_one_q_and_one_dq():
+    from graphopt.passes.quantize import _Builder, DEFAULT_OPS
+
+    m, samples = _region_model()
+    b = _Builder(m, "static", list(DEFAULT_OPS), set(), dict(per_channel=True, act="uint8", symmetric=False))
+    regions = {tuple(r.nodes): r for r in b.regions(set())}
+    # convA's output (Relu folded) is read only by convB: one chain. convB's output is read
+    # by the float HardSigmoid too, so it is dequantized there: the chain ends.
+    assert set(regions) == {("convA", "convB"), ("convC", "mul")}
+    ab, mc = regions[("convA", "convB")], regions[("convC", "mul")]
+    assert ab.macs_dense == 256 * (3 + 64) * 64 and ab.macs_dw == 0
+    assert mc.macs_dense == 0 and mc.macs_dw == 256 * 9 * 64
+    assert ab.entry_elems == 3 * 256 and ab.exit_elems == 64 * 256  # Q of x, DQ of y1
+    assert ab.gain(4.0) > 0 and mc.gain(4.0) < 0  # depthwise INT8 saves nothing, its Q/DQ costs
+    # leaving convB float splits the chain
+    assert {tuple(r.nodes) for r in b.regions({"convB"})} == {("convA",), ("convC", "mul")}
+
+
+def test_cost_check_reports_each_region(monkeypatch):
+    """When only the set without the depthwise region measures faster, that set is chosen
+    and the report says per region int8 or float, and why."""
+    from graphopt.passes import _timing
+
+    m, samples = _region_model()
+
+    def fake(ref, new, feed, **kw):
+        dq_fed = {i for n in new.graph.node if n.op_type == "DequantizeLinear" for i in n.output}
+        conv_c = next(n for n in new.graph.node if n.name == "convC")
+        if conv_c.input[0] in dq_fed:  # depthwise region quantized: slower
+            return _timing.Speedup(0.8, 0.7, 0.9, 41, 1.0, 1.25)
+        return _timing.Speedup(1.3, 1.2, 1.4, 41, 1.0, 0.77)
+
+    monkeypatch.setattr(_timing, "paired_speedup", fake)
+    q, res = _quant(m, samples)
+    assert res.changed and res.stats["cost_choice"].startswith(("element-wise", "regions"))
+    regions = res.stats["regions"]
+    assert len(regions) == 2
+    (ab,) = [v for k, v in regions.items() if "Convx2" in k]
+    (mc,) = [v for k, v in regions.items() if "Mul" in k]
+    assert ab.startswith("int8") and mc.startswith("float")
+    assert validate(q) is None
+    produced = {o: n.op_type for n in q.graph.node for o in n.output}
+    by_name = {n.name: n for n in q.graph.node}
+    assert produced[by_name["convB"].input[0]] == "DequantizeLinear"
+    assert produced[by_name["convC"].input[0]] != "DequantizeLinear"
+
+
+def test_timing_cache_pins_the_verdict(monkeypatch):
+    """A measurement is reused on the same machine for the same models: the second run
+    does not time again and returns the same bytes, even if timing would now differ."""
+    from graphopt.passes import _timing
+
+    m, samples = _region_model()
+    now = [(1.3, 1.2, 1.4)]
+    calls = []
+
+    def fake(ref, new, feed, **kw):
+        calls.append(1)
+        r, lo, hi = now[0]
+        return _timing.Speedup(r, lo, hi, 41, 1.0, 1.0 / r)
+
+    monkeypatch.setattr(_timing, "paired_speedup", fake)
+    q1, res1 = _quant(m, samples)
+    n_first = len(calls)
+    assert res1.changed and n_first >= 1 and _timing.cache_path().is_file()
+    now[0] = (0.5, 0.4, 0.6)  # the machine would now measure INT8 slower
+    q2, res2 = _quant(m, samples)
+    assert len(calls) == n_first and "reused" in res2.stats["cost_cache"]
+    assert q1.SerializeToString() == q2.SerializeToString()
+    q3, res3 = _quant(m, samples, cost_cache=False)  # measured again: now slower, kept float
+    assert len(calls) > n_first and not res3.changed
