@@ -478,6 +478,13 @@ def value_kind(t: gs.Tensor, opset: int | None = None, _depth: int = 0) -> str |
         if isinstance(branch, gs.Graph) and idx < len(branch.outputs):
             return value_kind(branch.outputs[idx], opset, _depth + 1)
         return None
+    if node.op == "Loop" and (node.domain or "") in ("", "ai.onnx"):
+        body = node.attrs.get("body")  # body outputs: cond, carried..., scan outputs...
+        if isinstance(body, gs.Graph) and idx + 1 < len(body.outputs):
+            kind = value_kind(body.outputs[idx + 1], opset, _depth + 1)
+            n_carried = max(len(node.inputs) - 2, 0)
+            return kind if idx < n_carried or kind != "tensor" else "tensor"
+        return None
     schema = _schema(node, opset)
     if schema is None or not schema.outputs:
         return None
@@ -490,8 +497,12 @@ def value_kind(t: gs.Tensor, opset: int | None = None, _depth: int = 0) -> str |
     kinds = {_kind_of_type_str(a) for a in allowed}
     if len(kinds) == 1:
         return kinds.pop()
+    variadic = onnx.defs.OpSchema.FormalParameterOption.Variadic
+    if formal.option == variadic:
+        return None  # which input binds which output is op-specific
     for i, fin in enumerate(schema.inputs):
-        if fin.type_str == formal.type_str and i < len(node.inputs) and node.inputs[i].name:
+        if fin.type_str == formal.type_str and fin.option != variadic \
+                and i < len(node.inputs) and node.inputs[i].name:
             return value_kind(node.inputs[i], opset, _depth + 1)
     return None
 

@@ -414,3 +414,21 @@ def test_cse_in_a_branch_keeps_branch_outputs_produced_inside():
     then_g = next(a.g for a in opt.graph.node[0].attribute if a.name == "then_branch")
     assert _ops(onnx.helper.make_model(then_g)).count("Relu") == 1
     assert [o.name for o in then_g.output] == ["t_out", "t2"]
+
+
+def test_value_kind_from_types_and_schemas():
+    """ir.value_kind: from a value's own type, its producer's schema, a polymorphic op's
+    bound input, an If branch or a Loop body."""
+    from graphopt.ir import Model, iter_graphs, value_kind
+
+    kinds = {}
+    for cid in ("node/test_loop16_seq_none", "node/test_if_opt", "simple/test_sequence_model1"):
+        m = Model.from_onnx(_onnx_case(cid).model())
+        for g in iter_graphs(m.graph):
+            for n in g.nodes:
+                for o in n.outputs:
+                    kinds[o.name] = value_kind(o, g.opset)
+    assert kinds["seq_res"] == "sequence"          # Loop output from its body's output
+    assert kinds["optional_has_elem"] == "tensor"  # schema: tensor(bool)
+    assert kinds["sequence"] == "optional"         # If output from its branch
+    assert kinds["Seq_empty"] == "sequence" and kinds["out"] == "tensor"
