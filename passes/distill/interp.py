@@ -35,7 +35,8 @@ _DTYPES = {
     onnx.TensorProto.UINT8: torch.uint8, onnx.TensorProto.BOOL: torch.bool,
 }
 _QRANGE = {onnx.TensorProto.INT8: (-128, 127), onnx.TensorProto.UINT8: (0, 255),
-           onnx.TensorProto.INT16: (-32768, 32767), onnx.TensorProto.UINT16: (0, 65535)}
+           onnx.TensorProto.INT16: (-32768, 32767), onnx.TensorProto.UINT16: (0, 65535),
+           onnx.TensorProto.INT32: (-2**31, 2**31 - 1)}  # int32: biases at s_x * s_w
 _TRAINABLE_SLOTS = {"Conv": (1, 2), "Gemm": (1, 2), "MatMul": (0, 1)}
 
 
@@ -49,7 +50,7 @@ class _QWeight:
     def __init__(self, name, q, scale, zp, axis, qtype):
         self.name, self.scale, self.zp, self.axis, self.qtype = name, scale, zp, axis, qtype
         self.lo, self.hi = _QRANGE[qtype]
-        self.q_dtype = q.dtype
+        self.q_dtype = q.numpy().dtype
 
     def _bshape(self, ndim):
         if self.scale.ndim == 0:
@@ -65,8 +66,8 @@ class _QWeight:
 
     def quantize(self, w: np.ndarray) -> np.ndarray:
         s, z = self._bshape(w.ndim)
-        s, z = s.detach().numpy(), z.detach().numpy()
-        return np.clip(np.round(w / s) + z, self.lo, self.hi).astype(self.q_dtype)
+        s, z = s.detach().double().numpy(), z.detach().double().numpy()
+        return np.clip(np.round(w.astype(np.float64) / s) + z, self.lo, self.hi).astype(self.q_dtype)
 
 
 def _attrs(node):

@@ -76,24 +76,47 @@ def _softmax_input(proto: onnx.ModelProto, output: str) -> str | None:
     return None
 
 
+def free_batch(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy whose inputs and outputs have a symbolic batch dimension (value_info
+    dropped), for models exported with a fixed batch; the caller checks it still runs."""
+    m = onnx.ModelProto()
+    m.CopyFrom(proto)
+    del m.graph.value_info[:]
+    for v in list(m.graph.input) + list(m.graph.output):
+        dims = v.type.tensor_type.shape.dim
+        if len(dims) and dims[0].HasField("dim_value"):
+            dims[0].dim_param = "distill_batch"
+    return m
+
+
 class _Teacher:
-    def __init__(self, proto: onnx.ModelProto, heads: list[str]):
+    def __init__(self, proto: onnx.ModelProto, heads: list[str], probe: dict[str, np.ndarray]):
         import onnxruntime as ort
 
-        m = onnx.ModelProto()
-        m.CopyFrom(proto)
-        have = {o.name for o in m.graph.output}
-        for h in heads:
-            if h not in have:
-                m.graph.output.append(onnx.ValueInfoProto(name=h))
         so = ort.SessionOptions()
         so.intra_op_num_threads = 1
         so.inter_op_num_threads = 1
         so.log_severity_level = 3
-        self.sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
         self.heads = heads
-        self.fixed = {i.name: i.shape[0] for i in self.sess.get_inputs()
-                      if i.shape and isinstance(i.shape[0], int) and i.shape[0] > 0}
+        for candidate in (free_batch(proto), proto):
+            m = onnx.ModelProto()
+            m.CopyFrom(candidate)
+            have = {o.name for o in m.graph.output}
+            for h in heads:
+                if h not in have:
+                    m.graph.output.append(onnx.ValueInfoProto(name=h))
+            self.sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+            self.fixed = {i.name: i.shape[0] for i in self.sess.get_inputs()
+                          if i.shape and isinstance(i.shape[0], int) and i.shape[0] > 0}
+            if candidate is proto:
+                break
+            try:  # a batch of two must give the same rows as two single runs
+                two = self(probe)
+                one = [np.concatenate(p) for p in zip(*(self({k: v[i:i + 1] for k, v in probe.items()}) for i in range(2)))]
+                if all(a.shape == b.shape and np.allclose(a, b, rtol=1e-4, atol=1e-5) for a, b in zip(two, one)):
+                    break
+            except Exception:  # noqa: BLE001 - a batch baked into the graph: run it as exported
+                pass
 
     def __call__(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         n = len(next(iter(feeds.values())))
@@ -181,13 +204,15 @@ def distill(student: onnx.ModelProto, teacher: onnx.ModelProto, samples: list[di
     if not heads_s:
         raise GraphoptError("distill: the model has no float output to match")
 
+    data = pool(samples, [i.name for i in student.graph.input
+                          if i.name not in {t.name for t in student.graph.initializer}])
+    probe = {k: v[:2] for k, v in data.items()}
     net = TorchGraph(student, extra_outputs=heads_s)
     if not net.keys:
         raise GraphoptError("distill: no Conv/Gemm/MatMul weights to train")
     index = {n: i for i, n in enumerate(net.outputs)}
     pick = [index[h] for h in heads_s]
-    teach = _Teacher(teacher, heads_t)
-    data = pool(samples, net.inputs)
+    teach = _Teacher(teacher, heads_t, probe)
     n = len(next(iter(data.values())))
     rng = np.random.default_rng(cfg.seed)
     perm = rng.permutation(n)
@@ -196,8 +221,19 @@ def distill(student: onnx.ModelProto, teacher: onnx.ModelProto, samples: list[di
     if len(train) == 0:
         raise GraphoptError("distill: needs at least 2 sample rows (one held out)")
     stds = {k: float(np.std(v)) if np.issubdtype(v.dtype, np.floating) else 0.0 for k, v in data.items()}
-    fixed = teach.fixed
-    b0 = min(fixed.values()) if fixed else None
+    b0 = None
+    dims = [i.type.tensor_type.shape.dim for i in student.graph.input if i.name in data]
+    declared = max([d[0].dim_value for d in dims if len(d) and d[0].HasField("dim_value")] or [1])
+    if len(next(iter(probe.values()))) == 2:  # the student as one batch, if the graph allows it
+        try:
+            with torch.no_grad():
+                outs = net({k: torch.from_numpy(v) for k, v in probe.items()})
+                single = net({k: torch.from_numpy(v[:1]) for k, v in probe.items()})
+            if not all(a.shape[:1] == (2,) and torch.allclose(a[:1], b, rtol=1e-4, atol=1e-5)
+                       for a, b in zip(outs, single)):
+                b0 = declared
+        except RuntimeError:
+            b0 = declared
     batch = max(cfg.batch, b0 or 1)
     if b0:
         batch -= batch % b0
