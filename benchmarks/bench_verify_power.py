@@ -2,8 +2,13 @@
 
     python benchmarks/bench_verify_power.py [--seeds 2] [--examples 8] [--models NAME,...] [--quick]
 
-Models: the shipped ones (models/*.onnx), onnx's light zoo (onnx/backend/test/data/light)
-and rapidocr's PP-OCR models (rapidocr-onnxruntime's package folder), whichever exist.
+Models: the shipped ones (models/*.onnx), onnx's light zoo (onnx/backend/test/data/light;
+their weights are constants, so they test the legitimate rewrites more than the mutants),
+rapidocr's PP-OCR models (rapidocr-onnxruntime's package folder), whichever exist, and
+small random-weight architectures as frameworks export them (graphopt.testing.archs:
+ResNet-50 and MobileNetV2/V3 with separate BatchNorms, a 2-layer BERT with LayerNorm,
+GELU and attention as Hugging Face's export lays them out, which graphopt's and
+onnxruntime's fusions rewrite).
 
 Mutants (seeded, one change each, written as a model a buggy pass could produce):
   nudge-5%, nudge-0.5%, nudge-0.05%  one weight element (of a Conv/Gemm/MatMul weight)
@@ -64,8 +69,24 @@ TARGET = 1e-5
 # ----------------------------------------------------------------------------- models
 
 
-def find_models(names: list[str] | None) -> dict[str, Path]:
-    found: dict[str, Path] = {}
+ARCHS = {
+    "arch_resnet50_w0.5": lambda a: a.resnet50(batch="N", image=64, width=0.5),
+    "arch_mobilenet_v2": lambda a: a.mobilenet_v2(batch="N", image=64, width=0.5),
+    "arch_mobilenet_v3_small": lambda a: a.mobilenet_v3_small(batch="N", image=64, width=0.5),
+    "arch_bert_2x128": lambda a: a.bert(layers=2, hidden=128, heads=4, intermediate=512, vocab=1000),
+}
+
+
+def load(path) -> onnx.ModelProto:
+    if isinstance(path, str) and path in ARCHS:
+        from graphopt.testing import archs
+
+        return ARCHS[path](archs)
+    return onnx.load(str(path))
+
+
+def find_models(names: list[str] | None) -> dict[str, Path | str]:
+    found: dict[str, Path | str] = {}
     for p in sorted((REPO / "models").glob("*.onnx")):
         found[p.stem] = p
     zoo = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
@@ -78,6 +99,7 @@ def find_models(names: list[str] | None) -> dict[str, Path]:
             found[p.stem] = p
     except ImportError:
         pass
+    found.update({name: name for name in ARCHS})
     if names:
         missing = [n for n in names if n not in found]
         if missing:
@@ -202,7 +224,7 @@ def graphopt_rewrite(model: onnx.ModelProto, target: str | None, examples: int) 
     try:
         out, report = graphopt.optimize(model, "clean,fuse", return_report=True,
                                         verify_options={"examples": examples, "shrink_seconds": 0,
-                                                        "repro_dir": tempfile.mkdtemp(prefix="power-repro-")},
+                                                        "repro_dir": os.path.join(tempfile.gettempdir(), "graphopt-power-repro")},
                                         **kw)
     except graphopt.VerificationError as e:
         return None, f"FALSE ALARM inside the pipeline: {str(e)[:200]}"
@@ -277,7 +299,7 @@ def main() -> None:
     mutant_rows: list[dict] = []
     legit_rows: list[dict] = []
     for name, path in models.items():
-        model = onnx.load(str(path))
+        model = load(path)
         t0 = time.perf_counter()
         ref = Runner(model, threads=2)
         space = make_space(model, ref)

@@ -888,3 +888,59 @@ def _bn_model() -> onnx.ModelProto:
     g = h.make_graph(nodes, "g", [h.make_tensor_value_info("x", T.FLOAT, ["N", 3, "H", "W"])],
                      [h.make_tensor_value_info("y", T.FLOAT, ["N", 4, "H", "W"])], inits)
     return h.make_model(g, opset_imports=[h.make_opsetid("", 17)])
+
+
+# ------------------------------------------------ power: noise-calibrated in both directions
+
+
+def _power():
+    import sys
+
+    bench = Path(__file__).resolve().parent.parent / "benchmarks"
+    if str(bench) not in sys.path:
+        sys.path.insert(0, str(bench))
+    import bench_verify_power
+
+    return bench_verify_power
+
+
+@pytest.mark.parametrize("model_name,kind,seed", [
+    ("digits_cnn", "nudge-0.05%", 1),            # a shipped classifier: change 1.4e-5
+    ("arch_mobilenet_v3_small", "nudge-5%", 0),  # small logits (max ~0.03-0.2): atol must not hide 2e-5
+    ("arch_resnet50_w0.5", "nudge-0.5%", 1),     # change 4.7e-5
+    ("arch_bert_2x128", "nudge-5%", 1),           # change 1.1e-5
+])
+def test_small_real_changes_are_caught(model_name, kind, seed):
+    """One weight moved by a fraction of its tensor's range: an output change of 1e-5 to
+    1e-4 of the output's magnitude, which the former fixed rtol of 1e-4 called
+    equivalent (checked here: with --rtol 1e-4 it still passes)."""
+    B = _power()
+    model = B.load(B.find_models([model_name])[model_name])
+    mutant = B.mutate(model, kind, seed)
+    ref = graphopt.verify.Runner(model)
+    from graphopt.verify.compare import make_space
+
+    space = make_space(model, ref)
+    change = B.output_change(model, mutant, space, 8, 0, ref)
+    assert 1e-5 <= change < 1e-4, change   # the band the old contract could not see
+    assert compare(model, mutant, "float", rtol=1e-4, shrink_seconds=0, runner_a=ref, space=space).ok
+    res = compare(model, mutant, "float", shrink_seconds=0, runner_a=ref, space=space)
+    assert not res.ok and not res.skipped, (change, res.summary)
+    assert "times this input's float noise" in res.worst.detail
+
+
+@pytest.mark.parametrize("model_name", ["arch_mobilenet_v3_small", "arch_bert_2x128", "tiny_transformer"])
+def test_legitimate_rewrites_pass_the_calibrated_contract(model_name):
+    """onnxsim's output, onnxruntime's saved EXTENDED graph (fusions: LayerNorm, GELU,
+    attention, Conv+BN...) and graphopt's clean,fuse (each float pass checked inside the
+    pipeline) -- all within a few ulps or within their input's float noise."""
+    B = _power()
+    model = B.load(B.find_models([model_name])[model_name])
+    rewrites = B.legit_rewrites(model, None)
+    out, said = B.graphopt_rewrite(model, None, 8)
+    assert out is not None, said          # no false alarm inside the pipeline either
+    rewrites["graphopt"] = out
+    for tool, rewritten in rewrites.items():
+        assert not isinstance(rewritten, str), (tool, rewritten)
+        res = compare(model, rewritten, "float", shrink_seconds=0)
+        assert res.ok and not res.skipped and res.examples == 8, (tool, res.summary)

@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "lossy: a budget on --metric")
     g.add_argument("--rtol", type=float, default=None, help="float contract: relative error always accepted (default 1e-6); "
                         "above it an output must stay within its input's float noise")
-    g.add_argument("--atol", type=float, default=None, help="float contract: absolute tolerance (default 1e-6)")
+    g.add_argument("--atol", type=float, default=None, help="float contract: absolute tolerance (default 1e-8)")
     g.add_argument("--metric", choices=("rel_l2", "cosine", "top1"), default=None,
                    help="lossy contract: the metric (default rel_l2)")
     g.add_argument("--budget", action="append", default=[], type=_budget_arg, metavar="METRIC=VALUE",

@@ -3,7 +3,7 @@
 exact   every output bit-identical in value (NaN matches NaN; shapes and dtypes equal).
 float   per output, elementwise |a - b| <= atol + rtol * max|a| where max|a| is the
         largest finite magnitude of the reference output a (defaults rtol=1e-6,
-        atol=1e-6: a few ulps of float32), or else within NOISE_FACTOR times the
+        atol=1e-8: a few ulps of float32), or else within NOISE_FACTOR times the
         input's own float noise: how far the output moves when the weights and inputs
         are rounded differently by one ulp (graphopt.verify.noise; judged by the
         comparison, which runs the noise model only for outputs past the first bound).
@@ -36,7 +36,9 @@ CONTRACTS = ("exact", "float", "lossy")
 METRICS = ("rel_l2", "cosine", "top1")
 DEFAULT_RTOL = 1e-6
 FALLBACK_RTOL = 1e-4    # the float bound when no noise floor can be measured
-DEFAULT_ATOL = 1e-6
+DEFAULT_ATOL = 1e-6     # lossy metrics: outputs below this (per element) count as zero
+FLOAT_ATOL = 1e-8       # the float contract's default: the bound is relative (rtol), atol only
+                        # spares outputs that are zero; 1e-6 would hide 3e-5 of a 0.03 output
 DEFAULT_BUDGET = {"rel_l2": 0.05}
 
 
@@ -44,10 +46,12 @@ DEFAULT_BUDGET = {"rel_l2": 0.05}
 class Contract:
     kind: str = "float"
     rtol: float = DEFAULT_RTOL
-    atol: float = DEFAULT_ATOL
+    atol: float | None = None   # default: FLOAT_ATOL for float, DEFAULT_ATOL otherwise
     budget: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.atol is None:
+            self.atol = FLOAT_ATOL if self.kind == "float" else DEFAULT_ATOL
         if self.kind not in CONTRACTS:
             raise GraphoptError(f"unknown contract '{self.kind}' (expected one of {', '.join(CONTRACTS)})")
         if self.kind == "lossy":

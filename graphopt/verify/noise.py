@@ -94,49 +94,53 @@ def perturb_feeds(feeds: dict, seed: int = 0) -> dict:
 
 
 class NoiseSource:
-    """The float noise of one model's inputs, from its weight- and input-perturbed copy.
+    """The float noise of one model's inputs, from weight- and input-perturbed copies.
 
     `reference` runs the model itself (its outputs are usually already cached: the
-    check's own reference runs). The perturbed runner is built on first need; if it
-    cannot be built (onnxruntime missing or refusing it), `available` turns False and
-    the caller judges without a floor (and says so)."""
+    check's own reference runs). Perturbed copy k (seed k) is built on first need; the
+    caller asks for the second only when the first floor does not clear an output (one
+    random perturbation can land small) and judges on the mean of the two. If a copy
+    cannot be built (onnxruntime refusing it), `available` turns False and the caller
+    judges without a floor (and says so)."""
+
+    DRAWS = 2
 
     def __init__(self, model: onnx.ModelProto, reference, threads: int = 1) -> None:
         self.model, self.reference, self.threads = model, reference, threads
-        self._runner = None
+        self._runners: dict[int, object] = {}
         self.available = reference is not None and getattr(reference, "backend", "") == "onnxruntime"
         self.why_not = "" if self.available else "the reference runs on onnx's reference evaluator"
         self.runs = 0
         self._lock = threading.Lock()
 
-    def _perturbed(self):
+    def _perturbed(self, k: int):
         from .runner import Runner
 
         with self._lock:
-            if self._runner is None and self.available:
+            if k not in self._runners and self.available:
                 try:
-                    runner = Runner(perturb_weights(self.model), threads=self.threads)
+                    runner = Runner(perturb_weights(self.model, seed=k), threads=self.threads)
                 except Exception as e:  # noqa: BLE001 - no floor then; the caller says so
                     runner = None
                     self.why_not = f"no weight-perturbed model ({str(e).splitlines()[0][:200] if str(e) else type(e).__name__})"
                 if runner is None or runner.backend != "onnxruntime":
                     self.available = False
                     self.why_not = self.why_not or "onnxruntime cannot run the weight-perturbed model"
-                else:
-                    self._runner = runner
-            return self._runner
+                    return None
+                self._runners[k] = runner
+            return self._runners.get(k)
 
-    def floors(self, feeds: dict) -> list[float] | None:
-        """Per output, max |perturbed - reference| on this input; None if unavailable or
-        either model rejects the input."""
+    def floors(self, feeds: dict, k: int = 0) -> list[float] | None:
+        """Per output, max |perturbed_k - reference| on this input; None if unavailable
+        or either model rejects the input."""
         from .runner import InvalidInput
 
-        runner = self._perturbed() if self.available else None
+        runner = self._perturbed(k) if self.available else None
         if runner is None:
             return None
         try:
             ref = self.reference.run(feeds)
-            moved = runner.run(perturb_feeds(feeds))
+            moved = runner.run(perturb_feeds(feeds, seed=k))
         except InvalidInput as e:
             log.debug("no noise floor on this input: %s", e)
             return None
