@@ -31,8 +31,9 @@ lines rendered with Pillow, half of them turned by 180 degrees; "task acc" is it
 accuracy on 48 held-out lines against that ground truth.
 
 Latency: onnxruntime CPU, all graph optimizations, 2 intra-op threads,
-allow_spinning=0, batch 1, runs interleaved across variants, median; reported as the
-speedup over FP32 in the same run. Error: max relative L2 of the outputs vs FP32 over
+allow_spinning=0, batch 1, runs interleaved across variants in a new order every round;
+speed-up = median over rounds of t_fp32 / t_variant in the same round (robust to load
+that changes between rounds). Error: max relative L2 of the outputs vs FP32 over
 the held-out inputs. "invalid" = onnx.checker or onnxruntime rejected the model. The
 table goes to benchmarks/results/quant.md.
 """
@@ -51,7 +52,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from common import cpu_name, interleaved_median, ort_session  # noqa: E402  (benchmarks/ is on sys.path as a script)
+from common import cpu_name, ort_session  # noqa: E402  (benchmarks/ is on sys.path as a script)
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -278,23 +279,35 @@ def occ_fp16(proto, calib):
 # ------------------------------------------------------------------------ measure
 
 
-def measure(variants: dict, feed, runs: int) -> dict[str, float]:
-    """Median seconds per run. A fast model runs `reps` times per timed sample (each sample
-    >= ~5 ms), the same `reps` for every variant, so call overhead and timer jitter do not
-    decide sub-millisecond comparisons."""
+def measure(variants: dict, feed, runs: int) -> tuple[dict[str, float], dict[str, float]]:
+    """(median seconds per run, median speed-up over FP32) per variant. Every round runs
+    every variant once in a new seeded order; a variant's speed-up is the median over
+    rounds of t_fp32 / t_variant within the same round, so load that changes between
+    rounds (a busy machine) cancels out. A fast model runs `reps` times per timed sample
+    (each sample >= ~5 ms), the same `reps` for every variant."""
+    import random
+
     sess = {k: session(v) for k, v in variants.items()}
-    ref = next(iter(sess.values()))
+    ref = sess["fp32"]
     ref.run(None, feed)
     t0 = time.perf_counter()
     ref.run(None, feed)
     reps = max(1, min(1000, int(0.005 / max(time.perf_counter() - t0, 1e-7))))
-
-    def job(s):
-        for _ in range(reps):
-            s.run(None, feed)
-
-    jobs = {k: (lambda s=s: job(s)) for k, s in sess.items()}
-    return {k: v / reps for k, v in interleaved_median(jobs, runs=runs, warmup=2, shuffle=True).items()}
+    times: dict[str, list[float]] = {k: [] for k in sess}
+    order = list(sess)
+    rng = random.Random(0)
+    for r in range(2 + runs):
+        rng.shuffle(order)
+        for k in order:
+            s = sess[k]
+            t = time.perf_counter()
+            for _ in range(reps):
+                s.run(None, feed)
+            if r >= 2:
+                times[k].append((time.perf_counter() - t) / reps)
+    lat = {k: float(np.median(v)) for k, v in times.items()}
+    speed = {k: float(np.median(np.array(times["fp32"]) / np.array(v))) for k, v in times.items()}
+    return lat, speed
 
 
 def error(ref_sess, proto, held):
@@ -339,7 +352,7 @@ def main() -> None:
         for k, (p, sec, st) in variants.items():
             valid[k] = "failed" if p is None else validity(p)
         ok = {k: v[0] for k, v in variants.items() if valid[k] is None}
-        lat = measure(ok, held[0], runs)
+        lat, speed = measure(ok, held[0], runs)
         for k, (p, sec, st) in variants.items():
             if valid[k] is not None:
                 why = st.get("failed") or valid[k]
@@ -374,7 +387,7 @@ def main() -> None:
                 note = f"mode={st.get('mode')}"
             elif k == "graphopt fp16" and st.get("blocked_for_accuracy"):
                 note = f"{len(st['blocked_for_accuracy'])} nodes blocked for accuracy"
-            rows.append((name, k, f"{lat['fp32'] / lat[k]:.2f}x", f"{lat[k] * 1e3:.2f}", f"{size:.2f}",
+            rows.append((name, k, f"{speed[k]:.2f}x", f"{lat[k] * 1e3:.2f}", f"{size:.2f}",
                          f"{err:.4f}", task + note + (f"; pass {sec:.1f}s" if sec else "")))
             print("   ", rows[-1], flush=True)
     lines = [
@@ -388,7 +401,7 @@ def main() -> None:
         f"{os.getloadavg()[0]:.1f}: " + ("BUSY - other processes shared the cores; ratios are noisier than on an idle "
                                          "machine." if max(load_start[0], os.getloadavg()[0]) > 1.5 else "idle."),
         "",
-        "Speedup is FP32 latency / variant latency in the same run. Error: max relative L2 of the "
+        "Speedup is the median over rounds of FP32 latency / variant latency in the same round. Error: max relative L2 of the "
         "outputs vs FP32 on held-out inputs. Reproduce: `/tmp/venv/bin/python benchmarks/bench_quant.py"
         + (" --quick" if args.quick else "") + "`.",
         "",

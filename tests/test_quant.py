@@ -412,3 +412,26 @@ def test_timing_cache_pins_the_verdict(monkeypatch):
     assert q1.SerializeToString() == q2.SerializeToString()
     q3, res3 = _quant(m, samples, cost_cache=False)  # measured again: now slower, kept float
     assert len(calls) > n_first and not res3.changed
+
+
+@pytest.mark.slow
+def test_readme_python_example_quantizes_or_says_why():
+    """The README's example, `optimize(m, "clean,fuse,quant", target="ort", samples=...)`,
+    on the shipped digits CNN with its samples, verifier on: quant sees the FusedConvs
+    (split back), calibrates static INT8 and either keeps INT8 (within the budget, task
+    accuracy kept) or says which measurement kept it float. It quantized nothing before."""
+    import graphopt
+
+    m, x, y, calib = _digits()
+    q, report = graphopt.optimize(m, "clean,fuse,quant", target="ort", samples=calib, return_report=True)
+    rec = [r for r in report.records if r.name == "quant"][-1]
+    st = rec.stats
+    assert st["mode"] == "static" and st["unfused_ort_ops"] >= 6
+    assert st["regions"] and all(v.startswith(("int8", "float")) for v in st["regions"].values())
+    if rec.changed:
+        assert "QuantizeLinear" in _ops(q) and st["cost_trials"]
+        a = _session(m, True).run(None, {"input": x})[0]
+        b = _session(q, True).run(None, {"input": x})[0]
+        assert (b.argmax(1) == y).mean() >= (a.argmax(1) == y).mean() - 0.01
+    else:
+        assert "not shown faster" in st["reverted"] and st["cost_trials"]
