@@ -117,32 +117,41 @@ def graphopt_cmd() -> str:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--size-gb", type=float, default=2.16, help="weights in GB (10^9 bytes)")
+    ap.add_argument("--verify-size-gb", type=float, default=None,
+                    help="model size for the row with verification (default: --size-gb; it peaks "
+                         "at about 7x the model, so on a shared machine give a smaller one)")
     ap.add_argument("--runs", type=int, default=1, help="measurements per row (the peak's median)")
     ap.add_argument("--no-write", action="store_true", help="do not write benchmarks/results/memory.md")
     ap.add_argument("--rows", default="no-verify,verify,onnx", help="rows to measure")
     args = ap.parse_args()
 
-    folder = cache_dir() / f"memory-{args.size_gb:g}gb"
-    t0 = time.perf_counter()
-    path = generate(folder, int(args.size_gb * 1e9))
-    size = model_size(path)
-    print(f"model {path} ({size / 1e9:.2f} GB on disk; ready in {time.perf_counter() - t0:.0f} s)")
-    out_dir = folder / "out"
+    models = {}
+    for key, gb in (("main", args.size_gb), ("verify", args.verify_size_gb or args.size_gb)):
+        folder = cache_dir() / f"memory-{gb:g}gb"
+        t0 = time.perf_counter()
+        path = generate(folder, int(gb * 1e9))
+        models[key] = (path, model_size(path), len(onnx.load(path, load_external_data=False).graph.node))
+        print(f"model {path} ({models[key][1] / 1e9:.2f} GB on disk; ready in {time.perf_counter() - t0:.0f} s)")
     rows = []
     wanted = args.rows.split(",")
-    jobs = {
-        "no-verify": ("graphopt MODEL -p clean --no-verify -o OUT",
-                      [graphopt_cmd(), str(path), "-p", "clean", "--no-verify", "-q", "-o", str(out_dir / "out.onnx")]),
-        "verify": ("graphopt MODEL -p clean -o OUT (verification on)",
-                   [graphopt_cmd(), str(path), "-p", "clean", "-q", "-o", str(out_dir / "out.onnx")]),
-        "onnx": ("onnx.load + onnx.save (external data), fresh process",
-                 [sys.executable, "-c",
-                  "import onnx, sys; m = onnx.load(sys.argv[1]); "
-                  "onnx.save(m, sys.argv[2], save_as_external_data=True, location='o.data')",
-                  str(path), str(out_dir / "onnx.onnx")]),
-    }
+
+    def jobs(path: Path, out_dir: Path) -> dict:
+        return {
+            "no-verify": ("graphopt MODEL -p clean --no-verify -o OUT",
+                          [graphopt_cmd(), str(path), "-p", "clean", "--no-verify", "-q", "-o", str(out_dir / "out.onnx")]),
+            "verify": ("graphopt MODEL -p clean -o OUT (verification on)",
+                       [graphopt_cmd(), str(path), "-p", "clean", "-q", "-o", str(out_dir / "out.onnx")]),
+            "onnx": ("onnx.load + onnx.save (external data), fresh process",
+                     [sys.executable, "-c",
+                      "import onnx, sys; m = onnx.load(sys.argv[1]); "
+                      "onnx.save(m, sys.argv[2], save_as_external_data=True, location='o.data')",
+                      str(path), str(out_dir / "onnx.onnx")]),
+        }
+
     for key in wanted:
-        label, cmd = jobs[key]
+        path, size, n_nodes = models["verify" if key == "verify" else "main"]
+        out_dir = path.parent / "out"
+        label, cmd = jobs(path, out_dir)[key]
         peaks, secs = [], []
         for _ in range(args.runs):
             shutil.rmtree(out_dir, ignore_errors=True)
@@ -155,33 +164,35 @@ def main() -> None:
                 break
             peaks.append(peak)
             secs.append(s)
-            print(f"  {label}: peak {peak / 1e9:.2f} GB ({peak / size:.2f}x), {s:.1f} s", flush=True)
+            print(f"  {label} ({size / 1e9:.2f} GB model): peak {peak / 1e9:.2f} GB ({peak / size:.2f}x), "
+                  f"{s:.1f} s", flush=True)
         if key != "onnx" and peaks:
-            out = out_dir / "out.onnx"
-            n = len(onnx.load(out, load_external_data=False).graph.node)
-            label += f" -> {n} nodes"
+            n = len(onnx.load(out_dir / "out.onnx", load_external_data=False).graph.node)
+            label += f" ({n_nodes} -> {n} nodes)"
         shutil.rmtree(out_dir, ignore_errors=True)
         if peaks:
             peak = sorted(peaks)[len(peaks) // 2]
-            rows.append((label, peak, peak / size, sorted(secs)[len(secs) // 2]))
+            rows.append((label, size, peak, peak / size, sorted(secs)[len(secs) // 2]))
         else:
-            rows.append((label, None, None, None))
-    n_nodes = len(onnx.load(path, load_external_data=False).graph.node)
+            rows.append((label, size, None, None, None))
+    cmdline = f"python benchmarks/bench_memory.py --size-gb {args.size_gb:g}"
+    if args.verify_size_gb:
+        cmdline += f" --verify-size-gb {args.verify_size_gb:g}"
+    cmdline += f" --runs {args.runs}"
     lines = [
         "# Peak resident memory of `-p clean` on a large model (external data)",
         "",
-        f"CPU: {cpu_name()} (2 cores, 24 GiB, shared with other jobs); model: generated chain of "
-        f"{n_nodes} nodes, {size / 1e9:.2f} GB on disk (model + external data file); "
-        f"`python benchmarks/bench_memory.py --size-gb {args.size_gb:g} --runs {args.runs}`",
+        f"CPU: {cpu_name()} (2 cores, 24 GiB, shared with other jobs); models: generated MatMul chains "
+        f"(64 MiB float32 weights, all in one external data file); `{cmdline}`",
         "",
-        "| command | peak RSS | ratio to model size | wall seconds |",
-        "|---|---|---|---|",
+        "| command | model on disk | peak RSS | ratio to model size | wall seconds |",
+        "|---|---|---|---|---|",
     ]
-    for label, peak, ratio, s in rows:
+    for label, size, peak, ratio, s in rows:
         if peak is None:
-            lines.append(f"| {label} | failed | - | - |")
+            lines.append(f"| {label} | {size / 1e9:.2f} GB | failed | - | - |")
         else:
-            lines.append(f"| {label} | {peak / 1e9:.2f} GB | {ratio:.2f}x | {s:.1f} |")
+            lines.append(f"| {label} | {size / 1e9:.2f} GB | {peak / 1e9:.2f} GB | {ratio:.2f}x | {s:.1f} |")
     lines += [
         "",
         "Peak RSS is the child's ru_maxrss (resource.getrusage(RUSAGE_CHILDREN) in a fresh parent), "
