@@ -101,6 +101,32 @@ def test_bad_input_exits_2_and_writes_nothing(tmp_path, capsys):
     assert not out.exists()
 
 
+def test_layering_core_never_imports_distributed():
+    """graphopt.distributed sits on top of the driver like the CLI: nothing below imports it,
+    and importing graphopt (or its CLI) does not import Ray or Optuna."""
+    import ast
+    import subprocess
+    import sys
+
+    pkg = ROOT / "graphopt"
+    for f in pkg.rglob("*.py"):
+        rel = f.relative_to(pkg).parts
+        if rel[0] in ("distributed", "cli"):
+            continue
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""] + [a.name for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            assert not any("distributed" in n for n in names), f"{f} imports graphopt.distributed"
+    code = ("import sys, graphopt, graphopt.cli; graphopt.cli.build_parser('search'); "
+            "print(sorted(m for m in ('ray', 'optuna') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
 # ------------------------------------------------------------------ batch
 
 
@@ -215,7 +241,7 @@ def test_interrupted_search_resumes_without_redoing_finished_trials(tmp_path, lo
     assert states.count("COMPLETE") == 1 and "RUNNING" in states  # the others were in flight
     first = optuna.load_study(study_name=optuna.get_all_study_names(f"sqlite:///{db}")[0],
                               storage=f"sqlite:///{db}")
-    done_before = {t.number: (t.values, t.user_attrs["build_t0"]) for t in first.get_trials()
+    done_before = {t.number: (t.values, t.user_attrs["result"]["build_t0"]) for t in first.get_trials()
                    if t.state.name == "COMPLETE"}
 
     res = _small_search(out)

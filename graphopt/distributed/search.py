@@ -119,7 +119,7 @@ def _sampler(kind: str, space: Space, trials: int, seed: int):
 
 
 def _trial_row(t) -> dict:
-    a = t.user_attrs
+    a = {**t.user_attrs, **t.user_attrs.get("result", {})}
     row = {"number": t.number, "state": t.state.name.lower(), "spec": a.get("spec"),
            "params": dict(t.params), "reason": a.get("reason", "")}
     if t.values:
@@ -228,10 +228,11 @@ def run_search(model: str, samples: list[dict], space_text: str, outdir: str, *,
         measuring: dict[Any, tuple] = {}  # measure ref -> (trial, build info, data ref)
         to_run = max(0, trials - finished())
 
+        # Each user attribute is one database transaction (about 40 ms on SQLite here), so a
+        # trial's results go in one attribute, "result".
         def fail(trial, reason: str, info: dict | None = None) -> None:
-            for k, v in (info or {}).items():
-                if k in ("spec", "built_on", "build_node_id", "build_seconds", "build_t0", "build_t1"):
-                    trial.set_user_attr(k, v)
+            trial.set_user_attr("result", {k: v for k, v in (info or {}).items() if k in (
+                "built_on", "build_node_id", "build_seconds", "build_t0", "build_t1")})
             trial.set_user_attr("reason", reason)
             study.tell(trial, state=TS.FAIL)
             log.warning("trial %d failed: %s", trial.number, reason)
@@ -296,8 +297,7 @@ def run_search(model: str, samples: list[dict], space_text: str, outdir: str, *,
                                  "node_type": lat["node_type"], "baseline_ms": lat["baseline_ms"],
                                  "candidate_ms": lat["candidate_ms"], "ratio_spread": lat["ratio_spread"],
                                  "measure_t0": lat["t0"], "measure_t1": lat["t1"], "model": path}
-                        for k, v in attrs.items():
-                            trial.set_user_attr(k, v)
+                        trial.set_user_attr("result", attrs)
                         values = [lat["ratio"], float(info["size"]), float(info["accuracy"])]
                         study.tell(trial, values)
                         if on_trial:
@@ -328,13 +328,13 @@ def _write_best(result: SearchResult, complete: list) -> None:
     """OUTDIR/best-<objective>.onnx: the best complete trial for each objective (ties: the
     better of the other objectives in order, then the lower trial number)."""
     for i, (name, direction) in enumerate(zip(OBJECTIVES, DIRECTIONS)):
-        have = [t for t in complete if os.path.exists(t.user_attrs.get("model", ""))]
+        have = [t for t in complete if os.path.exists(t.user_attrs.get("result", {}).get("model", ""))]
         if not have:
             continue
         sign = [1 if d == "minimize" else -1 for d in DIRECTIONS]
         order = [i] + [j for j in range(len(OBJECTIVES)) if j != i]
         best = min(have, key=lambda t: (tuple(sign[j] * t.values[j] for j in order), t.number))
         dst = os.path.join(result.outdir, f"best-{name.split('_')[0]}.onnx")
-        shutil.copyfile(best.user_attrs["model"], dst)
+        shutil.copyfile(best.user_attrs["result"]["model"], dst)
         result.best[name] = {"trial": best.number, "path": dst, "spec": best.user_attrs.get("spec"),
                              "value": best.values[i]}
