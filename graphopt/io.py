@@ -497,6 +497,23 @@ def check_destination(
                             f"{e.strerror or e}") from e
 
 
+def check_writable_folder(folder: str | os.PathLike, what: str) -> None:
+    """Raise GraphoptError unless `folder` is, or can be created as, a folder we may write
+    in (checked by making and removing a temporary folder in its nearest existing
+    ancestor). For destinations written during or after the work (dumps, reports,
+    reproducers), so that they fail before it. `what` names the option in the message."""
+    folder = Path(folder)
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise GraphoptError(f"{what} '{folder}': '{probe}' is not a folder")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".graphopt-", dir=probe))
+    except OSError as e:
+        raise GraphoptError(f"{what} '{folder}': cannot write in '{probe}': {e.strerror or e}") from e
+
+
 def save(
     model: onnx.ModelProto,
     path: str | os.PathLike,

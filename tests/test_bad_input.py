@@ -288,3 +288,20 @@ def test_custom_domain_ops_stay_allowed(tmp_path):
 def test_unknown_op_refused_by_the_python_api():
     with pytest.raises(GraphoptError, match="unknown op 'Foo'"):
         graphopt.optimize(make_model(op="Foo"), "clean", verify=False)
+
+
+# ------------------------------------------- side outputs (dumps, reports, reproducers)
+
+
+@pytest.mark.parametrize("args, expect", [
+    (["--dump-after", "*", "--dump-dir", "/proc/dd"], "--dump-dir '/proc/dd': cannot write in '/proc'"),
+    (["--dump-after", "*", "--dump-dir", "m.onnx/dd"], "'m.onnx' is not a folder"),
+    (["--report", "/proc/r.html"], "--report folder '/proc': cannot write"),
+    (["--report", "nowhere/r.json"], "folder 'nowhere' does not exist"),
+    (["--report", "."], "is a folder, expected a file name"),
+    (["--repro-dir", "/proc/rr"], "--repro-dir '/proc/rr': cannot write in '/proc'"),
+])
+def test_unwritable_side_outputs_fail_before_the_work(plain, tmp_path, args, expect):
+    """Written during or after the pipeline: a bad folder used to be a traceback after the
+    model was written (or, for --report, after it was written and before the report)."""
+    run_bad([str(plain), "-p", "clean", "-o", "out.onnx", *args], tmp_path, expect)

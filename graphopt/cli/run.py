@@ -7,6 +7,7 @@ import json
 import sys
 
 from .. import api
+from ..errors import GraphoptError
 from ..instruments import DumpAfter
 from ..pipeline import Report
 from . import options
@@ -34,7 +35,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     options.add_verify_args(parser)
 
 
+def _check_side_outputs(args: argparse.Namespace) -> None:
+    """Folders written during or after the work must be writable before it starts."""
+    import os
+
+    from .. import io
+
+    if args.dump_after:
+        io.check_writable_folder(args.dump_dir, "--dump-dir")
+    if getattr(args, "report", None):
+        if os.path.isdir(args.report):
+            raise GraphoptError(f"--report '{args.report}' is a folder, expected a file name")
+        folder = os.path.dirname(args.report) or "."
+        if not os.path.exists(folder):
+            raise GraphoptError(f"--report '{args.report}': folder '{folder}' does not exist")
+        io.check_writable_folder(folder, "--report folder")
+    if not args.no_verify and args.repro_dir:
+        io.check_writable_folder(args.repro_dir, "--repro-dir")
+
+
 def run(args: argparse.Namespace) -> int:
+    _check_side_outputs(args)
     ctx = options.context_from_args(args)
     instruments = []
     if not args.no_verify:
