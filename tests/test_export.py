@@ -172,6 +172,46 @@ def test_broken_tflite_conversion_is_caught(tmp_path):
     assert (tmp_path / "repro" / "d.tflite").exists() and not (tmp_path / "d.tflite").exists()
 
 
+def _one_op_model(tmp_path: Path, op: str, shape: list, outs: list[tuple[str, int]]) -> Path:
+    from onnx import TensorProto, helper
+
+    node = helper.make_node(op, ["x"], [n for n, _ in outs])
+    g = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                          [helper.make_tensor_value_info(n, t, None) for n, t in outs])
+    path = tmp_path / f"{op.lower()}.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def test_conversion_failure_names_the_op_with_reproducer(tmp_path, capsys):
+    """OpenVINO 2026.4 has no conversion rule for Det: exit 2, one line naming it, a reproducer."""
+    _needs("openvino")
+    from onnx import TensorProto
+
+    src = _one_op_model(tmp_path, "Det", [1, 3, 3], [("y", TensorProto.FLOAT)])
+    rc = cli(["export", str(src), "--to", "openvino", "-o", str(tmp_path / "det.xml"),
+              "--repro-dir", str(tmp_path / "repro")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "Det" in err and "reproducer in" in err, err
+    assert not (tmp_path / "det.xml").exists()
+    assert {"model.onnx", "README.txt"} <= {p.name for p in (tmp_path / "repro").iterdir()}
+    assert "graphopt export" in (tmp_path / "repro" / "README.txt").read_text()
+
+
+def test_real_mnn_mismatch_unique_indices(tmp_path, capsys):
+    """Not simulated: MNN 3.6.1 converts ONNX Unique, but its `indices` output differs from
+    onnxruntime's (2 of 8 first-occurrence indices on the first draw). Caught, exit 1."""
+    _needs("mnn")
+    from onnx import TensorProto
+
+    src = _one_op_model(tmp_path, "Unique", [8], [("y", TensorProto.FLOAT), ("idx", TensorProto.INT64),
+                                                  ("inv", TensorProto.INT64), ("cnt", TensorProto.INT64)])
+    rc = cli(["export", str(src), "--to", "mnn", "-o", str(tmp_path / "u.mnn"), "--repro-dir", str(tmp_path / "r")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and "output 'idx'" in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "u.mnn").exists() and (tmp_path / "r" / "u.mnn").exists()
+
+
 # ------------------------------------------------------------------ the CLI
 
 

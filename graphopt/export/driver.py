@@ -160,13 +160,19 @@ def export_model(
         onnx_path = work / f"{out.stem}.onnx"
         io.save(optimized, onnx_path)
         t = time.perf_counter()
-        files = mod.convert(onnx_path, work, out.stem, int8=precision == "int8", fp16=precision == "fp16",
-                            qdq=qdq, calib=calib)
-        times["convert"] = time.perf_counter() - t
-        if tamper is not None:
-            tamper(files)
-        t = time.perf_counter()
-        runner = make_runner(runtime, files[0], model, shapes)
+        files: list[Path] = []
+        try:
+            files = mod.convert(onnx_path, work, out.stem, int8=precision == "int8", fp16=precision == "fp16",
+                                qdq=qdq, calib=calib)
+            times["convert"] = time.perf_counter() - t
+            if tamper is not None:
+                tamper(files)
+            t = time.perf_counter()
+            runner = make_runner(runtime, files[0], model, shapes)
+        except ConversionError as e:
+            repro = _conversion_repro(repro_dir or Path("graphopt-repro") / f"export-{runtime}", optimized,
+                                      files, work, runtime, precision, str(e), src)
+            raise ConversionError(f"{e}; reproducer in {repro}") from e
         result = verify_runner(model, runner, contract, shapes=shapes, samples=fitted, examples=examples,
                                seed=seed, input_ranges=input_ranges)
         times["verify"] = time.perf_counter() - t
@@ -196,6 +202,30 @@ def export_model(
         return res
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _conversion_repro(directory, converted_onnx: onnx.ModelProto, files: list[Path], work: Path, runtime: str,
+                      precision: str, error: str, src: Path) -> Path:
+    """A folder to reproduce a failed conversion: the ONNX model handed to the converter
+    (optimized, static shapes), the converter's log, what it wrote, and the command."""
+    import shlex
+
+    from .. import io
+
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    io.save(converted_onnx, d / "model.onnx")
+    for f in [*files, *work.glob("*.log")]:
+        if f.exists():
+            shutil.copy2(f, d / f.name)
+    mod = target(runtime)
+    cmd = (f"graphopt export {shlex.quote(str(d / 'model.onnx'))} --to {runtime} -o "
+           f"{shlex.quote(str(d / ('out' + mod.SUFFIXES[0])))} -p clean --precision {precision}")
+    (d / "README.txt").write_text("\n".join([
+        f"graphopt export {src} --to {runtime}: the conversion failed", "", error, "",
+        "model.onnx   the model handed to the converter (after graphopt's passes, static shapes)",
+        "*.log        the converter's output", "", "Re-run with:", f"    {cmd}", ""]))
+    return d
 
 
 def verify_converted(

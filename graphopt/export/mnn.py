@@ -88,7 +88,8 @@ def convert(onnx_path: Path, out_dir: Path, stem: str, *, fp16: bool = False, qd
     if refused:
         log.warning("MNN guard refused: %s", refused.replace("\n", "; "))
     text = (proc.stdout or "") + (proc.stderr or "")
-    if proc.returncode != 0 or not out.exists() or out.stat().st_size < 1024:
+    (out_dir / "mnnconvert.log").write_text(text)
+    if proc.returncode != 0 or not out.exists() or out.stat().st_size == 0:
         raise ConversionError("MNN's converter failed" + (f" (rc {proc.returncode})" if proc.returncode else "")
                               + f": {_reason(text)}")
     log.debug("mnnconvert output:\n%s", text)

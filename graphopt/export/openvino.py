@@ -53,12 +53,13 @@ def convert(onnx_path: Path, out_dir: Path, stem: str, **_: object) -> list[Path
 
 
 def _first_line(e: Exception) -> str:
-    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    lines = [line.strip().lstrip("- ").strip() for line in str(e).splitlines() if line.strip()]
     # OpenVINO's messages start with a source location; the op's name is in a later line
-    for line in lines:
-        if "node" in line.lower() or "op" in line.lower().split():
-            return line[:300]
-    return (lines[0] if lines else type(e).__name__)[:300]
+    for key in ("no conversion rule", "operation", "node"):
+        for line in lines:
+            if key in line.lower():
+                return line[:300]
+    return (lines[-1] if lines else type(e).__name__)[:300]
 
 
 class Runner(TargetRunner):
