@@ -91,6 +91,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=7)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--no-write", action="store_true", help="print only, do not write results/clean.md")
     args = ap.parse_args()
 
     src = build_model(args.quick)
@@ -206,7 +207,7 @@ def main() -> int:
             f"runs; `python benchmarks/bench_clean.py{' --quick' if args.quick else ''}`\n\n{table}\n\n"
             f"{notes}\n")
     print(text)
-    if not args.quick:
+    if not args.quick and not args.no_write:
         (HERE / "results" / "clean.md").write_text(text)
     shutil.rmtree(out_dir, ignore_errors=True)
     return 0

@@ -319,6 +319,7 @@ def export_model(model) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
     entry of the returned dict of arrays. Only `save(proto, ..., arrays=...)` understands
     the stubs; nothing is copied. The model is left as it was."""
     import onnx_graphsurgeon as gs
+    from onnx_graphsurgeon.exporters.onnx_exporter import dtype_to_onnx
     from onnx_graphsurgeon.ir.tensor import LazyValues
 
     from .ir import iter_graphs
@@ -336,6 +337,9 @@ def export_model(model) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
                 continue
             try:
                 data_type = onnx.helper.np_dtype_to_tensor_dtype(values.dtype)
+                export = getattr(const, "export_dtype", None)
+                if export is not None and dtype_to_onnx(export) != data_type:
+                    continue  # gs converts it on export (float32 values of a bfloat16/float8 tensor)
             except (KeyError, TypeError, ValueError):
                 continue
             key = f"{_ARRAY_PREFIX}{len(arrays)}"
