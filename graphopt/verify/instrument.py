@@ -319,8 +319,8 @@ class VerifyInstrument(Instrument):
         if contract.kind == "float":
             if result.noise is not None and result.noise.available:
                 self._noise = result.noise   # the next float checks reuse its runs
-        elif result.ok and not result.skipped:
-            self._noise = None   # a lossy pass moved the outputs past float noise: measure afresh
+        elif contract.kind == "lossy":
+            self._noise = None   # a lossy pass moves the outputs past float noise: measure afresh
         for note in result.notes:
             if "NOT compared" in note or "not checked" in note:
                 log.warning("pass '%s': %s", p.name, note)
@@ -341,9 +341,12 @@ class VerifyInstrument(Instrument):
             record.extra["verify"]["repro"] = str(folder)
         except OSError as e:
             log.warning("could not save the reproducer to %s: %s", folder, e)
-        rejected = result.worst is not None and result.worst.measure == "rejected"
-        msg = result.message(f"pass '{p.name}' made a model onnxruntime ran one it refuses" if rejected
-                             else f"pass '{p.name}' changed what the model computes")
+        if result.worst is not None and result.worst.measure == "rejected":
+            why = result.worst.detail.split(": ", 1)[-1]
+            msg = (f"pass '{p.name}' made the model unloadable: onnxruntime ran it before the pass and "
+                   f"rejects it after: {why}" + (f"; reproducer in {result.repro}" if result.repro else ""))
+        else:
+            msg = result.message(f"pass '{p.name}' changed what the model computes")
         if self.on_fail == "abort" or job.model is None:
             raise VerificationError(msg)
         log.warning("%s; reverted it", msg)

@@ -48,6 +48,25 @@ MIN_ELEMENTS = 16
 _FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16)
 
 
+def _perturbable(t: onnx.TensorProto) -> bool:
+    n = 1
+    for d in t.dims:
+        n *= d
+    return t.data_type in _FLOATS and t.data_location != onnx.TensorProto.EXTERNAL and n >= MIN_ELEMENTS
+
+
+def perturbable_weights(model: onnx.ModelProto) -> int:
+    """How many tensors perturb_weights moves."""
+    ts = list(model.graph.initializer) + [a.t for n in model.graph.node
+                                          if n.op_type == "Constant" and n.domain in ("", "ai.onnx")
+                                          for a in n.attribute if a.name == "value" and a.type == onnx.AttributeProto.TENSOR]
+    return sum(_perturbable(t) for t in ts)
+
+
+def _perturbable_feed(a) -> bool:
+    return isinstance(a, np.ndarray) and a.dtype.kind == "f" and a.size >= MIN_ELEMENTS
+
+
 def perturb_weights(model: onnx.ModelProto, seed: int = 0) -> onnx.ModelProto:
     """A copy of `model` whose float initializers and Constant values (main graph, at
     least MIN_ELEMENTS values) are multiplied by (1 + u * eps), u uniform in [-1, 1]."""
@@ -86,7 +105,7 @@ def perturb_feeds(feeds: dict, seed: int = 0) -> dict:
     out = {}
     for name in sorted(feeds):
         a = feeds[name]
-        if isinstance(a, np.ndarray) and a.dtype.kind == "f" and a.size >= MIN_ELEMENTS:
+        if _perturbable_feed(a):
             eps = np.finfo(a.dtype).eps
             a = (a.astype(np.float64) * (1.0 + rng.uniform(-eps, eps, a.shape))).astype(a.dtype)
         out[name] = a
@@ -108,6 +127,7 @@ class NoiseSource:
     def __init__(self, model: onnx.ModelProto, reference, threads: int = 1) -> None:
         self.model, self.reference, self.threads = model, reference, threads
         self._runners: dict[int, object] = {}
+        self._weights: int | None = None
         self.available = reference is not None and getattr(reference, "backend", "") == "onnxruntime"
         self.why_not = "" if self.available else "the reference runs on onnx's reference evaluator"
         self.runs = 0
@@ -135,6 +155,13 @@ class NoiseSource:
         or either model rejects the input."""
         from .runner import InvalidInput
 
+        if self._weights is None:
+            self._weights = perturbable_weights(self.model)
+        if not self._weights and not any(_perturbable_feed(v) for v in feeds.values()):
+            # nothing to round differently: a zero floor would mean "no noise" where it
+            # was never measured; judged without a floor (the caller says so)
+            self.why_not = "no float weight or input of 16+ values to perturb"
+            return None
         runner = self._perturbed(k) if self.available else None
         if runner is None:
             return None
