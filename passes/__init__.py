@@ -14,4 +14,5 @@ from . import quantize  # noqa: F401
 from . import shapes  # noqa: F401
 # --- distill/sparsify (issue 15)
 from . import distill  # noqa: F401
+from . import sparsify  # noqa: F401
 # --- end distill/sparsify

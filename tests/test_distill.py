@@ -237,3 +237,47 @@ def test_digits_prune_distill_accuracy(digits, tmp_path):
     exact = "prune(ratio=0.5, round_to=1)"
     assert acc[exact + ",distill"] >= acc["fp32"] - 0.03, acc
     assert acc[exact + ",distill"] >= acc[exact] + 0.05, acc
+
+
+# ------------------------------------------------------------------------ sparsify
+
+
+@pytest.mark.slow
+def test_sparsify_and_distill_keeps_the_zeros(digits):
+    """sparsify(0.5): half of every large Conv/Gemm weight is zero, the zipped model is
+    smaller (measured 108 KB -> 64 KB), nothing else changes; distill after it keeps the
+    zeros and wins back the accuracy (measured 87.9% -> 97.6% at 500 steps, FP32 98.0%)."""
+    import zlib
+
+    model, x, labels, train = digits
+    sp, rep = graphopt.optimize(model, "sparsify(ratio=0.5)", verify=False, return_report=True)
+    stats = rep.records[0].stats
+    assert _strip_weights(sp) == _strip_weights(graphopt.Model.from_onnx(model).to_onnx())  # graphopt's round trip
+    assert all(v >= 0.5 for v in stats["per_layer"].values()) and stats["layers"] >= 5
+    assert stats["zipped_bytes_after"] < 0.7 * stats["zipped_bytes_before"]
+    assert abs(stats["zipped_bytes_after"] - len(zlib.compress(sp.SerializeToString(), 6))) < 1024
+    out = graphopt.optimize(model, "sparsify(ratio=0.5),distill(steps=500)", samples=[{"input": train}], verify=False)
+    zeros = {t.name: int((numpy_helper.to_array(t) == 0).sum()) for t in sp.graph.initializer}
+    for t in out.graph.initializer:
+        if zeros[t.name] >= 0.2 * numpy_helper.to_array(t).size:
+            assert int((numpy_helper.to_array(t) == 0).sum()) >= zeros[t.name], t.name
+    acc = {"fp32": _acc(model, x, labels), "sparse": _acc(sp, x, labels), "distilled": _acc(out, x, labels)}
+    print("digits sparsify(0.5):", acc)
+    assert acc["distilled"] >= acc["fp32"] - 0.02, acc
+    assert acc["distilled"] >= acc["sparse"] + 0.03, acc
+
+
+def test_sparsify_blocks():
+    from graphopt.passes.sparsify import _sparsify
+
+    w = np.random.default_rng(0).standard_normal((8, 16, 3, 3)).astype(np.float32)
+    out = _sparsify(w, 0.5, 4, in_axis=1)
+    blocks = np.moveaxis(out, 1, -1).reshape(8, 3, 3, 4, 4)
+    nz = (blocks != 0).any(-1)
+    assert ((blocks == 0).all(-1) | (blocks != 0).all(-1)).all()  # whole blocks or nothing
+    assert nz.mean() == 0.5
+    kept = np.moveaxis(w, 1, -1).reshape(8, 3, 3, 4, 4)
+    norms = np.sqrt((kept ** 2).sum(-1))
+    assert norms[nz].min() >= norms[~nz].max()  # the smallest blocks went
+    with pytest.raises(GraphoptError):
+        graphopt.optimize(onnx.load(DIGITS), "sparsify(ratio=1.0)", verify=False)

@@ -262,6 +262,9 @@ def distill(student: onnx.ModelProto, teacher: onnx.ModelProto, samples: list[di
     try:
         torch.manual_seed(cfg.seed)
         before_loss, before = evaluate()
+        # Weights left mostly at exact zero (a `sparsify` before) keep their zeros.
+        masks = [(p, (p.detach() != 0).float()) for p in net.params.parameters()
+                 if float((p.detach() == 0).float().mean()) >= 0.2]
         opt = torch.optim.Adam(net.params.parameters(), lr=cfg.lr)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.steps, 1))
         t0 = time.perf_counter()
@@ -278,6 +281,9 @@ def distill(student: onnx.ModelProto, teacher: onnx.ModelProto, samples: list[di
             loss.backward()
             opt.step()
             sched.step()
+            with torch.no_grad():
+                for p, mask in masks:
+                    p.mul_(mask)
             done += 1
             value = float(loss.detach())
             running = value if running is None else 0.9 * running + 0.1 * value
@@ -291,7 +297,7 @@ def distill(student: onnx.ModelProto, teacher: onnx.ModelProto, samples: list[di
     finally:
         torch.set_num_threads(threads)
     stats = {"steps": done, "seconds": round(seconds, 2), "samples": int(len(train)), "held_out": int(len(hold)),
-             "trained_tensors": len(net.keys), "outputs": dict(zip(heads_s, kinds)), "final_loss": running}
+             "trained_tensors": len(net.keys), "sparse_tensors_kept": len(masks), "outputs": dict(zip(heads_s, kinds)), "final_loss": running}
     if before_loss is not None:
         stats["held_out_before"] = {"loss": round(before_loss, 5), **{k: round(v, 4) for k, v in before.items()}}
         stats["held_out_after"] = {"loss": round(after_loss, 5), **{k: round(v, 4) for k, v in after.items()}}
