@@ -1,9 +1,10 @@
 """Connecting to Ray: a local instance by default, or an existing cluster.
 
-Every node that may time trials grants the custom resource `graphopt_measure` once
+Every node that runs search trials grants the custom resource `graphopt_measure` once
 (`ray start ... --resources '{"graphopt_measure": 1}'`); a local instance started here
-grants it itself. A measurement asks for that resource *and* all the CPUs of the smallest
-such node, so no other graphopt task shares its cores while it runs.
+grants it itself. The resource is a per-node readers-writer lock: a trial's build asks for
+a sliver of it (BUILD_SHARE), a trial's timing for all of it. So builds run side by side,
+and a timing runs alone on its node: never beside a build or another timing.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from ..errors import GraphoptError
 log = logging.getLogger(__name__)
 
 MEASURE_RESOURCE = "graphopt_measure"
+BUILD_SHARE = 0.01  # of MEASURE_RESOURCE: up to 100 builds at once per node
 LOCAL_CPUS = 2
 
 
@@ -67,16 +69,12 @@ def build_cpus() -> int:
     return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
-def measure_cpus() -> int:
-    """CPUs a measurement takes: all of those of the smallest node that grants the measure
-    resource. Raises a one-line error when no live node grants it."""
+def check_measure_resource() -> None:
+    """Raise a one-line error when no live node grants the measure resource."""
     ray = require_ray()
-    cpus = [int(n["Resources"].get("CPU", 0)) for n in ray.nodes()
-            if n.get("Alive") and n["Resources"].get(MEASURE_RESOURCE, 0) >= 1]
-    if not cpus:
-        raise GraphoptError(f"no Ray node grants the '{MEASURE_RESOURCE}' resource: start each worker "
+    if not any(n.get("Alive") and n["Resources"].get(MEASURE_RESOURCE, 0) >= 1 for n in ray.nodes()):
+        raise GraphoptError(f"no Ray node grants the '{MEASURE_RESOURCE}' resource: start each node "
                             f"with ray start --resources '{{\"{MEASURE_RESOURCE}\": 1}}'")
-    return max(1, min(cpus))
 
 
 def node_info() -> dict:

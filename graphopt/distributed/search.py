@@ -4,8 +4,9 @@ One trial = one point of the space (a pipeline spec). A Ray task builds it (opti
 input model, verified) and scores it (the user's --metric, else agreement with the input
 model on the samples); builds run in parallel, `workers` at a time. Then a second task
 times it against the input model (paired, interleaved: `measure.paired_latency`) while it
-holds the node's `graphopt_measure` resource and all of that node's CPUs, so no other trial
-shares its cores; new builds wait while a measurement is queued.
+holds all of its node's `graphopt_measure` resource, of which every build holds a sliver
+(see `cluster`): so no other trial builds or is timed on that node meanwhile. New builds
+wait while a timing is queued, so timings are not starved.
 
 Objectives (Optuna, multi-objective): latency ratio to the input model measured on the same
 node (minimize), size in bytes (minimize), accuracy (maximize). Ratios rather than absolute
@@ -208,14 +209,17 @@ def run_search(model: str, samples: list[dict], space_text: str, outdir: str, *,
     ran = 0
     input_info: dict[str, Any] = {"path": os.path.abspath(model), "size_bytes": len(model_bytes)}
     with cluster.connect(ray_address):
-        mcpus = cluster.measure_cpus()
+        cluster.check_measure_resource()
         workers = workers or cluster.build_cpus()
-        build = ray.remote(tasks.build_trial).options(num_cpus=1, num_returns=2, max_retries=max_retries)
-        if exclusive_measure:
+        if exclusive_measure:  # the measure resource as a per-node readers-writer lock
+            build = ray.remote(tasks.build_trial).options(
+                num_cpus=1, num_returns=2, max_retries=max_retries,
+                resources={cluster.MEASURE_RESOURCE: cluster.BUILD_SHARE})
             measure = ray.remote(tasks.measure_trial).options(
-                num_cpus=mcpus, resources={cluster.MEASURE_RESOURCE: 1}, max_retries=max_retries)
+                num_cpus=threads, resources={cluster.MEASURE_RESOURCE: 1}, max_retries=max_retries)
         else:  # benchmarks/bench_search.py: timing beside running builds, for comparison only
-            measure = ray.remote(tasks.measure_trial).options(num_cpus=1, max_retries=max_retries)
+            build = ray.remote(tasks.build_trial).options(num_cpus=1, num_returns=2, max_retries=max_retries)
+            measure = ray.remote(tasks.measure_trial).options(num_cpus=threads, max_retries=max_retries)
         base_ref = ray.put(model_bytes)
         samples_ref = ray.put(samples)
         ctx_ref = ray.put(ctx)
