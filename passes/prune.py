@@ -62,7 +62,12 @@ class ChannelPrune(Pass):
     options = {
         "ratio": Option(float, 0.3, "fraction of channels removed from every prunable group"),
         "scope": Option(str, "uniform", "uniform: each group loses `ratio`; global: rank normalized "
-                        "scores across all groups and remove `ratio` of all channels", ("uniform", "global")),
+                        "scores across all groups and remove `ratio` of all channels; sensitivity: measure "
+                        "each group's output error on the samples at a few widths and spend the budget "
+                        "(the MACs a uniform `ratio` saves, or `macs`) where it costs least accuracy",
+                        ("uniform", "global", "sensitivity")),
+        "macs": Option(float, 0.0, "scope=sensitivity: keep about this fraction of the prunable layers' MACs "
+                       "(0: the MACs a uniform `ratio` keeps)"),
         "layer_ratios": Option(list, [], "per-layer ratios as pattern:ratio items (fnmatch on node names, "
                                "e.g. conv1:0.5); a coupled group takes the first pattern matching one of its layers"),
         "criterion": Option(str, "l1", "channel importance: l1/l2 filter norm, bn scale, or activation "
@@ -89,6 +94,8 @@ class ChannelPrune(Pass):
         super().__init__(**opts)
         if not 0.0 <= self.ratio < 1.0:
             raise GraphoptError(f"pass 'prune': ratio must be in [0, 1), got {self.ratio}")
+        if not 0.0 <= self.macs < 1.0:
+            raise GraphoptError(f"pass 'prune': macs must be in (0, 1) (0: unset), got {self.macs}")
         if self.min_channels < 1 or self.round_to < 0:
             raise GraphoptError("pass 'prune': min_channels must be >= 1 and round_to >= 0")
         self.layer_ratio_rules = []
@@ -118,6 +125,8 @@ class ChannelPrune(Pass):
         samples = (ctx.samples or [])[: self.max_samples]
         if self.criterion == "activation" and not samples:
             raise GraphoptError("criterion=activation needs samples (--samples)")
+        if self.scope == "sensitivity" and not samples:
+            raise GraphoptError("scope=sensitivity needs samples (--samples)")
 
         comp = an.components()
         blocked = an.blocked_components(comp)
@@ -127,6 +136,7 @@ class ChannelPrune(Pass):
         if sinks_needed and samples and an.sinks:
             collector = _Collector(original_proto, an, samples, ctx.seed)
         scores = self._element_scores(an, collector)
+        self._sensitivity_input = (original_proto, samples, ctx.seed)
         keep_comp = self._select(an, comp, blocked, groups, scores)
         _keep_nonempty(an, comp, keep_comp, scores)
 
@@ -149,6 +159,8 @@ class ChannelPrune(Pass):
             # chosen widths: output channels kept per pruned layer (before -> after)
             "widths": {name: f"{n} -> {n - removed[name]}" for name, n in root_before.items() if name in removed},
         }
+        if self.scope == "sensitivity":
+            stats["sensitivity"] = self.sensitivity_report
         if not removed:
             return PassResult(False, stats)
 
@@ -313,6 +325,13 @@ class ChannelPrune(Pass):
             for j in order[:budget]:
                 count[own[j]] += 1
             targets = [len(p[1]) - count[gi] for gi, p in enumerate(plans)]
+        elif self.scope == "sensitivity":
+            from ._sensitivity import allocate
+
+            proto, samples, seed = self._sensitivity_input
+            targets, self.sensitivity_report = allocate(
+                proto, an, comp, plans, unit_score, samples, self.ratio, self.macs, multiple,
+                max(self.min_channels, 1), seed)
         else:
             targets = [len(p[1]) - int(np.floor(self._group_ratio(p[0]) * len(p[1]) + 1e-9))
                        if self._group_ratio(p[0]) > 0 else len(p[1]) for p in plans]
