@@ -1239,6 +1239,8 @@ class FuseOrtActivation(Pass):
     def run(self, model: Model, ctx: PassContext) -> PassResult:
         if ctx.target != "ort":
             return PassResult(False, {"fused": 0})
+        if not any(n.op in ("Conv", "Gemm") and _std(n) for n in iter_nodes(model.graph)):
+            return PassResult(False, {"fused": 0})  # nothing to fuse: skip shape inference
         n = _walk(model, ctx, _fuse_ort_activation, *_inferred_shapes(model))
         return PassResult(n > 0, {"fused": n})
 

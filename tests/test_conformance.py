@@ -45,10 +45,10 @@ def _cases():
 @pytest.mark.slow
 @pytest.mark.conformance
 @pytest.mark.parametrize("chunk", range(N_CHUNKS))
-def test_conformance_chunk(chunk, tmp_path, record_property):
+def test_conformance_chunk(chunk, record_property):
     cases = [c for c in _cases() if conformance.chunk_of(c, N_CHUNKS) == chunk]
     assert cases, "empty chunk"
-    summary = conformance.run_suite(cases, TOOLS, workdir=str(tmp_path))
+    summary = conformance.run_suite(cases, TOOLS)  # each case in its own temp folder, removed after
     counts = summary.counts()
     record_property("conformance_counts", json.dumps(counts))
     print(f"\nconformance chunk {chunk}/{N_CHUNKS}: {len(cases)} models\n{summary.describe()}")

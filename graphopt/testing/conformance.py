@@ -335,6 +335,13 @@ def onnxslim_tool() -> Tool:
     return run
 
 
+def _fast_tmp() -> str | None:
+    """A memory-backed temp folder when there is one (/dev/shm): each case writes and
+    removes a few small files and folders, which costs ~6 ms per folder on a disk."""
+    d = "/dev/shm"
+    return d if os.path.isdir(d) and os.access(d, os.W_OK) else None
+
+
 def run_case(case: Case, tool: Tool, tool_name: str, workdir: str | None = None,
              runnable: str | None | bool = True) -> Outcome:
     """Classify one case under one tool. `runnable`: a precomputed `baseline(case)`
@@ -343,8 +350,7 @@ def run_case(case: Case, tool: Tool, tool_name: str, workdir: str | None = None,
     reason = baseline(case) if runnable is True else runnable
     if reason is not None:
         return Outcome(cid, tool_name, "not-runnable", reason)
-    own_tmp = workdir is None
-    tmp = tempfile.mkdtemp(prefix="conformance-") if own_tmp else tempfile.mkdtemp(dir=workdir)
+    tmp = tempfile.mkdtemp(prefix="conformance-", dir=workdir or _fast_tmp())
     try:
         src = os.path.join(tmp, "model.onnx")
         dst = os.path.join(tmp, "out.onnx")
