@@ -279,6 +279,17 @@ def test_a_failing_trial_is_recorded_and_the_search_goes_on(tmp_path, local_ray,
     assert res.pareto == [by_spec["clean,fuse"]["number"]]
 
 
+def test_a_trial_that_breaks_its_error_budget_is_recorded(tmp_path, local_ray):
+    res = run_search(str(DIGITS), load_samples(CALIB),
+                     "clean,fuse,prune(enabled=[false,true],ratio=0.7,min_cosine=0.99999)",
+                     str(tmp_path / "s"), trials=2, rounds=2, runs_per_block=3)
+    by_spec = {t["spec"]: t for t in res.trials}
+    assert by_spec["clean,fuse"]["state"] == "complete"
+    bad = by_spec["clean,fuse,prune(ratio=0.7,min_cosine=0.99999)"]
+    assert bad["state"] == "fail" and "prune" in bad["reason"] and "cosine" in bad["reason"], bad
+    assert not (tmp_path / "s" / "trials" / f"trial-{bad['number']:04d}.onnx").exists()
+
+
 # ------------------------------------------------------------------ a node dies (runs last)
 
 
