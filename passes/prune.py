@@ -17,6 +17,15 @@ statistics, pushed through ReLU/Clip/Add/pooling — is added to the consumers' 
 Channel importance: L1/L2 norm of the BN-folded filter, BN scale, or activations on the
 samples; scores are normalized per layer and summed over coupled layers.
 
+Widths: by default the kept channel count of every group is rounded to a multiple of
+onnxruntime's NCHWc block on this CPU (8 with AVX2, 16 with AVX-512; probed the way pass
+`ort-nchwc` does), because other widths fall off its blocked kernels and can make a
+pruned model slower than its input (MobileNetV2 at 0.3: 0.95x exact, 1.74x rounded, see
+benchmarks/results/prune.md). `round_to=N` overrides, `round_to=1` keeps exact ratios.
+`scope=sensitivity` (passes/_sensitivity.py) measures each group's output error on the
+samples and spends the budget (the uniform ratio's MACs, or `macs=`) where it hurts least.
+Fine-tuning is pass `distill` (passes/distill), run after this one.
+
 Verification budget: pruning without fine-tuning is lossy by design, so the default
 budget is loose: ``cosine >= 0.5`` between original and pruned outputs. It is meant to
 separate "degraded" from "destroyed", and it is only meaningful on real inputs (give the
