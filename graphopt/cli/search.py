@@ -76,7 +76,7 @@ def print_summary(result) -> None:
     table = Table(title="Pareto front (latency, size, accuracy)", box=None, header_style="bold")
     for col, justify in (("trial", "right"), ("speedup", "right"), ("size", "right"),
                          ("accuracy", "right"), ("measured on", "left"), ("spec", "left")):
-        table.add_column(col, justify=justify)
+        table.add_column(col, justify=justify, overflow="fold")
     inp = result.input
     table.add_row("input", "1.00x", format_bytes(inp["size_bytes"]), f"{inp['accuracy']:.4f}", "", "")
     by_number = {t["number"]: t for t in result.trials}
