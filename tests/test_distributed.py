@@ -311,7 +311,6 @@ def test_a_node_killed_during_a_search_loses_no_trial(tmp_path, local_ray, monke
     try:
         workers = [cluster.add_node(num_cpus=1, resources={MEASURE_RESOURCE: 1}) for _ in range(2)]
         cluster.wait_for_nodes()
-        ray.init(address=cluster.address, log_to_driver=False)
 
         def killer():
             deadline = time.time() + 120
@@ -328,7 +327,9 @@ def test_a_node_killed_during_a_search_loses_no_trial(tmp_path, local_ray, monke
         thread.start()
         res = run_search(str(DIGITS), load_samples(CALIB),
                          "clean,prune(ratio=[0.2,0.3,0.4,0.5,0.6,0.7])", str(tmp_path / "s"),
-                         trials=6, rounds=2, runs_per_block=3, metric=f"{METRICS}:hold_one_trial")
+                         trials=6, rounds=2, runs_per_block=3, metric=f"{METRICS}:hold_one_trial",
+                         ray_address=cluster.address)  # joins the cluster, as --ray-address does
+        assert not ray.is_initialized()  # and leaves it again
         thread.join(timeout=5)
         assert killed, "no trial reached the node to kill"
         trials = res.trials

@@ -148,8 +148,10 @@ def parse_space(text_or_path: str) -> Space:
 
 
 def _parse_toml(path: str) -> Space:
-    import tomllib
-
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        raise GraphoptError(f"{path}: TOML spaces need Python 3.11 or later (tomllib)") from None
     try:
         with open(path, "rb") as f:
             data = tomllib.load(f)
