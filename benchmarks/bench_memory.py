@@ -12,7 +12,9 @@ Each measurement is one fresh process that starts `graphopt` as its child and re
 resource.getrusage(RUSAGE_CHILDREN).ru_maxrss (the child's peak resident set, file-backed
 pages of memory-mapped weights included). Rows: `--no-verify` and with verification (the
 default), each as a ratio to the model's size on disk (model file + data file), next to
-onnx.load + onnx.save of the same model in a fresh process. The machine is shared: the
+onnx.load + onnx.save of the same model in a fresh process; then the model of the
+verification row with its weights inside the .onnx file (no external data), `--no-verify`
+and onnx.load + onnx.save. The machine is shared: the
 rows run one after the other, never two at once. Results go to stdout and (unless
 --no-write) to benchmarks/results/memory.md.
 """
@@ -87,6 +89,20 @@ def generate(folder: Path, size_bytes: int, dim: int = DIM, seed: int = 0) -> Pa
     return path
 
 
+def inline_copy(path: Path) -> Path:
+    """The same model with its weights inside the .onnx file (generated once, beside it)."""
+    out = path.parent / "inline" / "model.onnx"
+    if not out.exists():
+        out.parent.mkdir(exist_ok=True)
+        model = onnx.load(path)
+        tmp = out.with_suffix(".tmp")
+        with open(tmp, "wb") as f:
+            f.write(model.SerializeToString())
+        del model
+        os.replace(tmp, out)
+    return out
+
+
 def model_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.parent.iterdir() if p.name.startswith(path.name))
 
@@ -122,7 +138,9 @@ def main() -> None:
                          "at about 7x the model, so on a shared machine give a smaller one)")
     ap.add_argument("--runs", type=int, default=1, help="measurements per row (the peak's median)")
     ap.add_argument("--no-write", action="store_true", help="do not write benchmarks/results/memory.md")
-    ap.add_argument("--rows", default="no-verify,verify,onnx", help="rows to measure")
+    ap.add_argument("--rows", default="no-verify,verify,onnx,inline,onnx-inline",
+                    help="rows to measure (inline rows use the --verify-size-gb model with its "
+                         "weights inside the .onnx file)")
     args = ap.parse_args()
 
     models = {}
@@ -132,6 +150,9 @@ def main() -> None:
         path = generate(folder, int(gb * 1e9))
         models[key] = (path, model_size(path), len(onnx.load(path, load_external_data=False).graph.node))
         print(f"model {path} ({models[key][1] / 1e9:.2f} GB on disk; ready in {time.perf_counter() - t0:.0f} s)")
+    if any(r.endswith("inline") for r in args.rows.split(",")):
+        path = inline_copy(models["verify"][0])
+        models["inline"] = (path, path.stat().st_size, models["verify"][2])
     rows = []
     wanted = args.rows.split(",")
 
@@ -146,10 +167,15 @@ def main() -> None:
                       "import onnx, sys; m = onnx.load(sys.argv[1]); "
                       "onnx.save(m, sys.argv[2], save_as_external_data=True, location='o.data')",
                       str(path), str(out_dir / "onnx.onnx")]),
+            "inline": ("graphopt MODEL -p clean --no-verify -o OUT, weights inside the .onnx",
+                       [graphopt_cmd(), str(path), "-p", "clean", "--no-verify", "-q", "-o", str(out_dir / "out.onnx")]),
+            "onnx-inline": ("onnx.load + onnx.save, weights inside the .onnx, fresh process",
+                            [sys.executable, "-c", "import onnx, sys; onnx.save(onnx.load(sys.argv[1]), sys.argv[2])",
+                             str(path), str(out_dir / "onnx.onnx")]),
         }
 
     for key in wanted:
-        path, size, n_nodes = models["verify" if key == "verify" else "main"]
+        path, size, n_nodes = models["verify" if key == "verify" else "inline" if key.endswith("inline") else "main"]
         out_dir = path.parent / "out"
         label, cmd = jobs(path, out_dir)[key]
         peaks, secs = [], []
@@ -166,7 +192,7 @@ def main() -> None:
             secs.append(s)
             print(f"  {label} ({size / 1e9:.2f} GB model): peak {peak / 1e9:.2f} GB ({peak / size:.2f}x), "
                   f"{s:.1f} s", flush=True)
-        if key != "onnx" and peaks:
+        if not key.startswith("onnx") and peaks:
             n = len(onnx.load(out_dir / "out.onnx", load_external_data=False).graph.node)
             label += f" ({n_nodes} -> {n} nodes)"
         shutil.rmtree(out_dir, ignore_errors=True)
@@ -183,7 +209,8 @@ def main() -> None:
         "# Peak resident memory of `-p clean` on a large model (external data)",
         "",
         f"CPU: {cpu_name()} (2 cores, 24 GiB, shared with other jobs); models: generated MatMul chains "
-        f"(64 MiB float32 weights, all in one external data file); `{cmdline}`",
+        f"(64 MiB float32 weights in one external data file; the `inline` rows: the same model as the "
+        f"verification row with its weights inside the .onnx file); `{cmdline}`",
         "",
         "| command | model on disk | peak RSS | ratio to model size | wall seconds |",
         "|---|---|---|---|---|",

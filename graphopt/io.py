@@ -26,7 +26,7 @@ import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
 
-from ._proto import copy_field
+from ._proto import copy_field, copy_fields
 from .errors import GraphoptError
 
 log = logging.getLogger(__name__)
@@ -313,11 +313,12 @@ def _iter_gs_constants(graph, gs, iter_graphs):
                     yield from (v for v in value if isinstance(v, gs.Constant))
 
 
-def export_model(model) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
-    """`model.to_onnx()` (a graphopt.ir.Model) with every constant held as a numpy array of
-    at least 1 KiB exported as a stub: an external-data tensor whose location names an
-    entry of the returned dict of arrays. Only `save(proto, ..., arrays=...)` understands
-    the stubs; nothing is copied. The model is left as it was."""
+def export_model(model) -> tuple[onnx.ModelProto, dict[str, np.ndarray | onnx.TensorProto]]:
+    """`model.to_onnx()` (a graphopt.ir.Model) with every constant of at least 1 KiB, held
+    as a numpy array or still as the input's TensorProto with raw_data, exported as a stub:
+    an external-data tensor whose location names an entry of the returned dict (the array
+    or the TensorProto). Only `save(proto, ..., arrays=...)` understands the stubs; no
+    weight is copied. The model is left as it was."""
     import onnx_graphsurgeon as gs
     from onnx_graphsurgeon.exporters.onnx_exporter import dtype_to_onnx
     from onnx_graphsurgeon.ir.tensor import LazyValues
@@ -330,7 +331,20 @@ def export_model(model) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
     try:
         for const in _iter_gs_constants(model.graph, gs, iter_graphs):
             values = const._values
-            if id(const) in seen or not isinstance(values, np.ndarray) or values.nbytes < _STUB_MIN_BYTES:
+            if id(const) in seen:
+                continue
+            if isinstance(values, LazyValues):
+                # still the input's TensorProto: stubbed too, and written from its raw_data
+                # (to_onnx would copy it into the exported model first)
+                seen.add(id(const))
+                key = f"{_ARRAY_PREFIX}{len(arrays)}"
+                stub = _proto_stub(values.tensor, const.name, key)
+                if stub is not None:
+                    arrays[key] = values.tensor
+                    swapped.append((const, values, const.data_location))
+                    const._values = LazyValues(stub)
+                continue
+            if not isinstance(values, np.ndarray) or values.nbytes < _STUB_MIN_BYTES:
                 continue
             seen.add(id(const))
             if values.dtype.kind not in "fiubc" or values.dtype.names or not values.dtype.isnative:
@@ -358,6 +372,27 @@ def export_model(model) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
     return proto, arrays
 
 
+def _proto_stub(t, name: str, key: str) -> onnx.TensorProto | None:
+    """A stub for a TensorProto with raw_data of at least 1 KiB (None for others)."""
+    if not isinstance(t, onnx.TensorProto) or t.data_location == onnx.TensorProto.EXTERNAL \
+            or not t.HasField("raw_data"):
+        return None
+    n = _fixed_nbytes(t)
+    if n is None or n < _STUB_MIN_BYTES:
+        return None
+    stub = onnx.TensorProto()
+    copy_fields(t, stub, skip=("raw_data", "external_data", "data_location"))
+    stub.name = name
+    stub.data_location = onnx.TensorProto.EXTERNAL
+    for k, v in (("location", key), ("offset", "0"), ("length", str(n))):
+        stub.external_data.add(key=k, value=v)
+    return stub
+
+
+def _source_nbytes(source) -> int:
+    return source.nbytes if isinstance(source, np.ndarray) else _fixed_nbytes(source)
+
+
 def _stub_key(t: onnx.TensorProto, arrays: dict | None) -> str | None:
     if not arrays or t.data_location != onnx.TensorProto.EXTERNAL:
         return None
@@ -367,11 +402,11 @@ def _stub_key(t: onnx.TensorProto, arrays: dict | None) -> str | None:
     return None
 
 
-def _materialize(t: onnx.TensorProto, arr: np.ndarray) -> None:
+def _materialize(t: onnx.TensorProto, source) -> None:
     """Turn a stub into an ordinary tensor with its bytes in raw_data."""
     del t.external_data[:]
     t.ClearField("data_location")
-    t.raw_data = np.ascontiguousarray(arr).tobytes()
+    t.raw_data = np.ascontiguousarray(source).tobytes() if isinstance(source, np.ndarray) else source.raw_data
 
 
 def _write_array(f, arr: np.ndarray, chunk: int = 64 << 20) -> int:
@@ -397,12 +432,99 @@ def _parse_file(f, model: onnx.ModelProto, path: Path) -> None:
             raise GraphoptError(f"{path}: empty file, not an ONNX model")
         with memoryview(buf if buf is not None else data) as view:
             try:
-                model.ParseFromString(view)
+                if buf is None or len(view) < _CHUNK_BYTES or not _parse_in_chunks(view, model, buf):
+                    model.Clear()
+                    model.ParseFromString(view)
             except (DecodeError, RuntimeError, ValueError, TypeError) as e:
                 raise GraphoptError(f"{path}: not a valid ONNX model (truncated or not protobuf)") from e
     finally:
         if buf is not None:
             buf.close()
+
+
+# A large model is parsed in pieces of whole fields (a protobuf message is the
+# concatenation of its fields, and parsing is merging them one after another), and the
+# pages of the map already parsed are dropped as it goes: the file and its parsed copy
+# are then not both resident at once, which for a model of 1.5 GB held inline is the
+# difference between a peak of 2x and 1x its size.
+_CHUNK_BYTES = 64 << 20
+_GRAPH_FIELD = onnx.ModelProto.DESCRIPTOR.fields_by_name["graph"].number
+
+
+def _read_varint(view, pos: int, end: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        if pos >= end or shift > 63:
+            raise ValueError("truncated varint")
+        b = view[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return result, pos
+        shift += 7
+
+
+def _fields(view, pos: int, end: int) -> Iterator[tuple[int, int, int, int]]:
+    """(field number, start of the field's key, start of a length-delimited value, end of the
+    field) for each field of the message encoded in view[pos:end]. Raises ValueError on a
+    malformed encoding (and on groups, which ONNX does not use)."""
+    while pos < end:
+        start = pos
+        key, pos = _read_varint(view, pos, end)
+        number, wire = key >> 3, key & 7
+        value = pos
+        if wire == 0:
+            _, pos = _read_varint(view, pos, end)
+        elif wire == 1:
+            pos += 8
+        elif wire == 5:
+            pos += 4
+        elif wire == 2:
+            n, value = _read_varint(view, pos, end)
+            pos = value + n
+        else:
+            raise ValueError(f"wire type {wire}")
+        if pos > end or number == 0:
+            raise ValueError("field past the end")
+        yield number, start, value if wire == 2 else -1, pos
+
+
+def _parse_in_chunks(view, model: onnx.ModelProto, buf: mmap.mmap) -> bool:
+    """Parse `view` into `model` in chunks of whole fields, dropping parsed pages of the
+    map `buf`. False (model left to the caller to clear) when the encoding is not one
+    this walker follows; the plain parse then decides."""
+    dropped = 0
+    page = mmap.PAGESIZE
+
+    def release(upto: int) -> None:
+        nonlocal dropped
+        upto -= upto % page
+        if upto - dropped >= _CHUNK_BYTES and hasattr(buf, "madvise"):
+            try:
+                buf.madvise(mmap.MADV_DONTNEED, dropped, upto - dropped)
+            except (OSError, ValueError):
+                pass
+            dropped = upto
+
+    try:
+        for number, start, value, end in list(_fields(view, 0, len(view))):
+            if number != _GRAPH_FIELD or value < 0:
+                model.MergeFromString(view[start:end])
+                continue
+            # the graph: merge runs of its fields of about _CHUNK_BYTES each
+            graph = model.graph
+            run_start = value
+            for _, fstart, _, fend in _fields(view, value, end):
+                if fend - run_start >= _CHUNK_BYTES:
+                    graph.MergeFromString(view[run_start:fend])
+                    run_start = fend
+                    release(fend)
+            if run_start < end:
+                graph.MergeFromString(view[run_start:end])
+            release(end)
+    except ValueError:
+        return False
+    return True
 
 
 _STANDARD_DOMAINS = {"": "", "ai.onnx": "", "ai.onnx.ml": "ai.onnx.ml"}
@@ -540,7 +662,7 @@ def save(
     directory = path.parent if str(path.parent) else Path(".")
     if external_data is None:
         check_destination(path, protect=protect)
-        in_arrays = sum(a.nbytes for a in arrays.values()) if arrays else 0
+        in_arrays = sum(_source_nbytes(a) for a in arrays.values()) if arrays else 0
         external_data = model_byte_size(model) + in_arrays > EXTERNAL_DATA_THRESHOLD
     check_destination(path, external_data=external_data, protect=protect)
     data_name = path.name + ".data"
@@ -614,7 +736,9 @@ def _write_external(model: onnx.ModelProto, arrays: dict, data_path: Path, data_
             if offset % _ALIGN:
                 f.write(b"\0" * (_ALIGN - offset % _ALIGN))
                 offset = f.tell()
-            length = _write_array(f, source) if key is not None else f.write(source)
+            if isinstance(source, onnx.TensorProto):
+                source = source.raw_data
+            length = _write_array(f, source) if isinstance(source, np.ndarray) else f.write(source)
             del source
             t.ClearField("raw_data")
             del t.external_data[:]
@@ -699,7 +823,7 @@ def _stub_piece(t: onnx.TensorProto, arr: np.ndarray) -> _RawTensor:
         if fd.number == _RAW_FIELD or fd.number in _EXTERNAL_FIELDS:
             continue
         copy_field(before if fd.number < _RAW_FIELD else after, fd, value)
-    return _RawTensor(t, before.SerializeToString(), after.SerializeToString(), arr.nbytes, arr)
+    return _RawTensor(t, before.SerializeToString(), after.SerializeToString(), _source_nbytes(arr), arr)
 
 
 def _raw_piece(t: onnx.TensorProto, arrays: dict | None = None) -> _RawTensor | None:
@@ -828,7 +952,16 @@ def _materialize_all(model: onnx.ModelProto, arrays: dict | None) -> None:
 
 def _write_pieces(pieces: list, f) -> None:
     for piece in pieces:
-        if isinstance(piece, _RawTensor) and piece.array is not None:
+        if isinstance(piece, _RawTensor) and isinstance(piece.array, onnx.TensorProto):
+            raw = piece.array.raw_data
+            if len(raw) != piece.nbytes:
+                raise _SizeMismatch
+            f.write(piece.before)
+            f.write(_RAW_KEY + _varint(len(raw)))
+            f.write(raw)
+            del raw
+            f.write(piece.after)
+        elif isinstance(piece, _RawTensor) and piece.array is not None:
             f.write(piece.before)
             f.write(_RAW_KEY + _varint(piece.nbytes))
             _write_array(f, piece.array)

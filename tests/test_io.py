@@ -568,3 +568,22 @@ def test_peak_memory_of_clean_on_an_external_data_model(tmp_path):
     assert (peak - base) / size < 1.5, (peak, base, size)
     assert len(onnx.load(tmp_path / "out.onnx", load_external_data=False).graph.node) < \
         len(onnx.load(src, load_external_data=False).graph.node)
+
+
+@pytest.mark.parametrize("chunk", [64, 4096])
+def test_chunked_parse_equals_plain_parse(tmp_path, monkeypatch, chunk):
+    """Large files are parsed in runs of whole fields (the map's parsed pages dropped as it
+    goes): the result equals onnx.load's, and a damaged file is still refused in one line."""
+    monkeypatch.setattr(gio, "_CHUNK_BYTES", chunk)
+    m = rich_model()
+    for i in range(5):
+        m.graph.initializer.append(numpy_helper.from_array(
+            np.random.default_rng(i).standard_normal((40 + i, 17)).astype(np.float32), f"w{i}"))
+    src = tmp_path / "m.onnx"
+    onnx.save(m, src)
+    assert graphopt.load(src).SerializeToString() == onnx.load(src).SerializeToString()
+    data = src.read_bytes()
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(data[: len(data) * 2 // 3])
+    with pytest.raises(GraphoptError, match="not a valid ONNX model"):
+        graphopt.load(bad)
