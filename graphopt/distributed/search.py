@@ -229,7 +229,7 @@ def run_search(model: str, samples: list[dict], space_text: str, outdir: str, *,
         ref_out = ray.put(ref_info["outputs"])
 
         building: dict[Any, tuple] = {}  # info ref -> (trial, data ref, submitted)
-        measuring: dict[Any, tuple] = {}  # measure ref -> (trial, build info, data ref)
+        measuring: dict[Any, tuple] = {}  # measure ref -> (trial, build info, data ref, submitted)
         to_run = max(0, trials - finished())
 
         # Each user attribute is one database transaction (about 40 ms on SQLite here), so a
@@ -263,6 +263,12 @@ def run_search(model: str, samples: list[dict], space_text: str, outdir: str, *,
                         ray.cancel(ref, force=True)
                         del building[ref]
                         fail(trial, f"timed out after {trial_timeout:g} s")
+                # a timing waits for at most `workers` others on its node: the same limit
+                for ref, (trial, info, data_ref, submitted) in list(measuring.items()):
+                    if ref not in ready and now - submitted > trial_timeout:
+                        ray.cancel(ref, force=True)
+                        del measuring[ref]
+                        fail(trial, f"timing timed out after {trial_timeout:g} s", info)
                 for ref in ready:
                     if ref in building:
                         trial, data_ref, _ = building.pop(ref)
@@ -277,9 +283,9 @@ def run_search(model: str, samples: list[dict], space_text: str, outdir: str, *,
                             fail(trial, info["reason"], info)
                             continue
                         m_ref = measure.remote(base_ref, data_ref, feeds, threads, rounds, runs_per_block)
-                        measuring[m_ref] = (trial, info, data_ref)
+                        measuring[m_ref] = (trial, info, data_ref, time.monotonic())
                     elif ref in measuring:
-                        trial, info, data_ref = measuring.pop(ref)
+                        trial, info, data_ref, _ = measuring.pop(ref)
                         try:
                             lat = ray.get(ref)
                             data = ray.get(data_ref)
