@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
+from onnx import numpy_helper
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
@@ -185,6 +186,117 @@ def torch_pruning_variant(make, ratio, round_to):
     return base, module, x, secs
 
 
+# ------------------------------------------------------------------------------ distill
+
+
+def _acc_of(model, x, labels, batch=64) -> float:
+    from graphopt.passes.distill.train import free_batch
+
+    sess = ort_session(free_batch(model))
+    name = model.graph.input[0].name
+    step = batch if sess.get_inputs()[0].shape[0] != 1 else 1
+    preds = np.concatenate([sess.run(None, {name: x[i:i + step]})[0] for i in range(0, len(x), step)])
+    return float((preds.argmax(-1) == labels).mean())
+
+
+def distill_table(task: str, runs: int) -> list[str]:
+    """Accuracy (held-out, labelled) and latency of prune(+distill) at default options
+    on a real trained model: `digits` (the shipped CNN, sklearn digits) or `ocr`
+    (rapidocr's PP-OCR text-direction classifier on rendered text lines)."""
+    import tempfile
+
+    import _ocr_direction as od
+
+    if task == "sparsify":
+        return sparsify_table(runs)
+    if task == "digits":
+        from sklearn.datasets import load_digits
+
+        base = onnx.load(HERE.parent / "models" / "digits_cnn.onnx")
+        test = np.load(HERE.parent / "models" / "digits_test.npz")
+        x, labels = test["input"].astype(np.float32), test["label"]
+        train = (load_digits().images.astype(np.float32) / 16.0)[:1500, None]  # the training split
+        pre, specs = "", ["prune(ratio=0.3)", "prune(ratio=0.5)", "prune(ratio=0.5, round_to=1)"]
+        what = ("digits CNN (models/digits_cnn.onnx), 297 held-out labelled test images; samples: the 1,500 "
+                "training-split images of sklearn's digits, unlabelled")
+    else:
+        base = onnx.load(od.model_path())
+        x, labels = od.make(400, seed=1)
+        train, _ = od.make(1000, seed=2)
+        pre, specs = "clean,fuse,", ["prune(ratio=0.3)"]
+        what = ("rapidocr's PP-OCR text-direction classifier (ch_ppocr_mobile_v2.0_cls_infer.onnx), 400 rendered "
+                "text lines (half rotated 180 degrees, labels known); samples: 1,000 other rendered lines, unlabelled")
+    name = base.graph.input[0].name
+    samples = [{name: train}]
+    rows = [("FP32", base, None, None)]
+    with tempfile.TemporaryDirectory() as tmp:
+        teacher = Path(tmp) / "teacher.onnx"
+        start = graphopt.optimize(base, pre.rstrip(","), verify=False) if pre else base
+        onnx.save(start, teacher)
+        for spec in specs:
+            t0 = time.perf_counter()
+            pruned = graphopt.optimize(start, spec, samples=samples, verify=False)
+            t1 = time.perf_counter()
+            distilled, rep = graphopt.optimize(pruned, f"distill(teacher={teacher})", samples=samples, verify=False,
+                                               return_report=True)
+            t2 = time.perf_counter()
+            rows.append((f"{pre}{spec}", pruned, t1 - t0, None))
+            rows.append((f"{pre}{spec},distill", distilled, t2 - t1, rep.records[-1].stats))
+    from graphopt.passes.distill.train import free_batch
+
+    sessions = [ort_session(free_batch(m)) for _, m, _, _ in rows]
+    ms1 = interleaved_medians(sessions, {name: x[:1]}, runs)
+    msb = interleaved_medians(sessions, {name: x[:32]}, max(runs // 4, 10))
+    out = [f"### {task}: {what}", "",
+           "| pipeline | accuracy | latency ms batch 1 | speedup | latency ms batch 32 | speedup | pass seconds | distill steps |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for (label, m, secs, st), l1, lb in zip(rows, ms1, msb):
+        out.append(f"| {label} | {100 * _acc_of(m, x, labels):.2f}% | {l1:.3f} | {ms1[0] / l1:.2f}x | {lb:.2f} | "
+                   f"{msb[0] / lb:.2f}x | {'' if secs is None else f'{secs:.1f}'} | {'' if not st else st.get('steps', '')} |")
+    out += ["", "A `,distill` row has the same graph as the row above it (only weight values differ): its latency "
+            "differs by measurement noise only."]
+    print("\n".join(out), flush=True)
+    return out + [""]
+
+
+def sparsify_table(runs: int) -> list[str]:
+    """sparsify(ratio) (+ distill) on the digits CNN: accuracy, zipped size, latency."""
+    import tempfile
+    import zlib
+
+    from sklearn.datasets import load_digits
+
+    from graphopt.passes.distill.train import free_batch
+
+    base = onnx.load(HERE.parent / "models" / "digits_cnn.onnx")
+    test = np.load(HERE.parent / "models" / "digits_test.npz")
+    x, labels = test["input"].astype(np.float32), test["label"]
+    train = (load_digits().images.astype(np.float32) / 16.0)[:1500, None]
+    rows = [("FP32", base)]
+    with tempfile.TemporaryDirectory() as tmp:
+        teacher = Path(tmp) / "teacher.onnx"
+        onnx.save(base, teacher)
+        for r in (0.5, 0.8):
+            sp = graphopt.optimize(base, f"sparsify(ratio={r})", verify=False)
+            rows.append((f"sparsify(ratio={r})", sp))
+            rows.append((f"sparsify(ratio={r}),distill", graphopt.optimize(
+                sp, f"distill(teacher={teacher})", samples=[{"input": train}], verify=False)))
+    sessions = [ort_session(free_batch(m)) for _, m in rows]
+    ms = interleaved_medians(sessions, {"input": x[:32]}, runs)
+    out = ["### sparsify: digits CNN, 297 held-out test images; distill on 1,500 unlabelled training images", "",
+           "| pipeline | accuracy | zeros in Conv/Gemm weights | model bytes | zipped bytes (zlib -6) | latency ms batch 32 | speedup |",
+           "|---|---:|---:|---:|---:|---:|---:|"]
+    for (label, m), lat in zip(rows, ms):
+        ws = [numpy_helper.to_array(t) for t in m.graph.initializer if len(t.dims) >= 2]
+        zeros = sum(int((w == 0).sum()) for w in ws) / max(sum(w.size for w in ws), 1)
+        raw = m.SerializeToString()
+        out.append(f"| {label} | {100 * _acc_of(m, x, labels):.2f}% | {100 * zeros:.1f}% | {len(raw)} | "
+                   f"{len(zlib.compress(raw, 6))} | {lat:.3f} | {ms[0] / lat:.2f}x |")
+    out += ["", "Dense kernels do not skip zeros: sparsify buys size after compression, not speed."]
+    print("\n".join(out), flush=True)
+    return out + [""]
+
+
 # ------------------------------------------------------------------------------ main
 
 
@@ -194,7 +306,24 @@ def main() -> None:
     ap.add_argument("--ratios", default="0.3,0.5")
     ap.add_argument("--runs", type=int, default=40)
     ap.add_argument("--out", default=str(HERE / "results" / "prune.md"))
+    ap.add_argument("--distill", default="", help="digits,ocr: accuracy + latency of prune(+distill) on real "
+                    "trained models (needs torch), written to results/prune_distill.md instead of the peer table")
     args = ap.parse_args()
+    if args.distill:
+        import torch
+
+        lines = ["# `prune` + `distill` on real trained models: held-out accuracy and onnxruntime latency", "",
+                 f"CPU: {cpu_name()}; onnxruntime {ort.__version__}, 2 intra-op threads, allow_spinning=0, batch 1, "
+                 f"interleaved runs, median of {args.runs}; torch {torch.__version__} (1 thread) for distill. "
+                 "Default options of both passes (prune's widths: multiples of onnxruntime's NCHWc block on this "
+                 f"CPU, {_block()}; `round_to=1` = exact ratios). The teacher is the model before prune. "
+                 f"Reproduce: `python benchmarks/bench_prune.py --distill {args.distill}`.", ""]
+        for task in args.distill.split(","):
+            lines += distill_table(task, args.runs)
+        path = HERE / "results" / "prune_distill.md"
+        path.write_text("\n".join(lines) + "\n")
+        print(f"wrote {path}")
+        return
     ratios = [float(r) for r in args.ratios.split(",")]
     try:
         import torch

@@ -281,3 +281,57 @@ def test_sparsify_blocks():
     assert norms[nz].min() >= norms[~nz].max()  # the smallest blocks went
     with pytest.raises(GraphoptError):
         graphopt.optimize(onnx.load(DIGITS), "sparsify(ratio=1.0)", verify=False)
+
+
+def _single(op, inputs, attrs=None, consts=(), opset=17, n_out=1):
+    """A one-node graph: float inputs `inputs` (name -> array), constant inputs `consts`."""
+    names = list(inputs) + [c[0] for c in consts]
+    outs = [f"y{i}" for i in range(n_out)]
+    node = helper.make_node(op, names, outs, **(attrs or {}))
+    g = helper.make_graph([node], "g", [helper.make_tensor_value_info(k, onnx.TensorProto.FLOAT, list(v.shape))
+                                        for k, v in inputs.items()],
+                          [helper.make_tensor_value_info(o, onnx.TensorProto.FLOAT, None) for o in outs],
+                          [numpy_helper.from_array(np.asarray(v), k) for k, v in consts])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def _i64(*v):
+    return np.array(v, dtype=np.int64)
+
+
+@pytest.mark.parametrize("case", [
+    ("Slice", {}, [("s", _i64(5)), ("e", _i64(0)), ("a", _i64(3)), ("st", _i64(-2))]),
+    ("Slice", {}, [("s", _i64(-3, 1)), ("e", _i64(100, -1)), ("a", _i64(2, 3))]),
+    ("Split", {"axis": 1}, [("sp", _i64(1, 2))], 17, 2),
+    ("Pad", {"mode": "reflect"}, [("p", _i64(0, 0, 1, 2, 0, 0, 2, 1))]),
+    ("Pad", {"mode": "edge"}, [("p", _i64(0, 0, 1, 0, 0, 0, 0, 3))]),
+    ("Pad", {}, [("p", _i64(0, 1, 1, 0, 0, 0, 0, 3)), ("v", np.array(1.5, np.float32))]),
+    ("AveragePool", {"kernel_shape": [3, 3], "pads": [0, 1, 1, 0], "strides": [2, 2]}, []),
+    ("AveragePool", {"kernel_shape": [2, 2], "pads": [1, 1, 1, 1], "count_include_pad": 1}, []),
+    ("MaxPool", {"kernel_shape": [3, 3], "strides": [2, 2], "ceil_mode": 1}, []),
+    ("MaxPool", {"kernel_shape": [2, 2], "auto_pad": "SAME_UPPER"}, []),
+    ("Resize", {"mode": "nearest", "coordinate_transformation_mode": "asymmetric", "nearest_mode": "floor"},
+     [("roi", np.zeros(0, np.float32)), ("sc", np.array([1, 1, 2, 2], np.float32))]),
+    ("Resize", {"mode": "linear", "coordinate_transformation_mode": "half_pixel"},
+     [("roi", np.zeros(0, np.float32)), ("sc", np.array([1, 1, 2, 2], np.float32))]),
+    ("Gather", {"axis": 2}, [("i", _i64(-1, 0, 2))]),
+    ("Softmax", {"axis": 1}, [], 11),
+    ("Softmax", {"axis": 2}, [], 17),
+    ("ReduceMean", {"keepdims": 0}, [("ax", _i64(1, -1))], 18),
+    ("ReduceMean", {"axes": [2]}, [], 13),
+    ("Transpose", {"perm": [0, 2, 3, 1]}, []),
+    ("Flatten", {"axis": 2}, []),
+    ("HardSigmoid", {"alpha": 0.3, "beta": 0.4}, []),
+    ("LeakyRelu", {"alpha": 0.2}, []),
+], ids=lambda c: c[0])
+def test_op_rules_match_onnxruntime(case):
+    op, attrs, consts = case[0], case[1], case[2]
+    opset = case[3] if len(case) > 3 else 17
+    n_out = case[4] if len(case) > 4 else 1
+    x = np.random.default_rng(0).standard_normal((2, 3, 6, 7)).astype(np.float32)
+    m = _single(op, {"x": x}, attrs, consts, opset, n_out)
+    ref = _run(m, {"x": x})
+    got = _interp(m, {"x": x})
+    for a, b in zip(ref, got):
+        assert a.shape == b.shape, (a.shape, b.shape)
+        assert np.abs(a - b).max() <= 1e-5
