@@ -40,7 +40,6 @@ What was left in float and why is reported in the stats.
 from __future__ import annotations
 
 import logging
-import time
 
 import numpy as np
 import onnx
@@ -526,38 +525,6 @@ def _cost_feeds(proto: onnx.ModelProto, feed: dict) -> list[dict]:
     if free and len(rows) == 1 and rows.pop() > 1:
         return [{k: np.asarray(v)[:1] for k, v in feed.items()}, feed]
     return [feed]
-
-
-def _compare_latency(a: onnx.ModelProto, b: onnx.ModelProto, feed: dict, seconds: float = 3.0,
-                     max_rounds: int = 31) -> tuple[float, float]:
-    """Median seconds per run of `a` and `b` in onnxruntime (all optimizations), measured
-    interleaved, alternating which goes first. Fast models are run several times per
-    sample (each sample >= ~5 ms) so that timer and call overhead do not decide."""
-    sa, sb = _session(a, optimize=True), _session(b, optimize=True)
-    for s in (sa, sb):
-        s.run(None, feed)
-    t0 = time.perf_counter()
-    sa.run(None, feed)
-    reps = max(1, min(1000, int(0.005 / max(time.perf_counter() - t0, 1e-7))))
-
-    def sample(s):
-        t = time.perf_counter()
-        for _ in range(reps):
-            s.run(None, feed)
-        return (time.perf_counter() - t) / reps
-
-    ta, tb = [], []
-    deadline = time.perf_counter() + seconds
-    for i in range(max_rounds):
-        if i % 2:
-            tb.append(sample(sb))
-            ta.append(sample(sa))
-        else:
-            ta.append(sample(sa))
-            tb.append(sample(sb))
-        if time.perf_counter() > deadline and i >= 4:
-            break
-    return float(np.median(ta)), float(np.median(tb))
 
 
 # ---------------------------------------------------------------------------- rewriting
