@@ -45,6 +45,7 @@ import numpy as np
 import onnx
 
 from .errors import GraphoptError, VerificationError
+from .tuning import DEFAULT_TUNE_SHARE, TuneInfo  # noqa: F401 - part of this module's API
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,7 @@ class Target:
     apt_package: str | None = None    # the Debian package providing the toolchain
     qemu: str | None = None           # e.g. "qemu-aarch64"
     machine: str = "x86-64"           # ELF e_machine as `file` names it
+    libc_package: str | None = None   # the Debian package with the target's crt files and libc
     cpu_features: tuple[str, ...] = ()  # for x86-64 presets: what the host must have to run it
 
     @property
@@ -82,6 +84,8 @@ class Target:
 
 
 _AARCH64 = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]}
+_A64 = ("aarch64-linux-gnu", "gcc-aarch64-linux-gnu", "qemu-aarch64", "aarch64", "libc6-dev-arm64-cross")
+_RV = ("riscv64-linux-gnu", "gcc-riscv64-linux-gnu", "qemu-riscv64", "riscv", "libc6-dev-riscv64-cross")
 _RV64 = {"kind": "llvm", "mtriple": "riscv64-linux-gnu", "mcpu": "generic-rv64",
          "mattr": ["+64bit", "+m", "+a", "+f", "+d", "+c"], "mabi": "lp64d"}
 
@@ -95,25 +99,25 @@ _PRESETS = [
            {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "x86-64-v4"},
            cpu_features=("avx512f", "avx512bw", "avx512vl", "avx512dq")),
     Target("aarch64", "64-bit Arm (ARMv8-A) with NEON", dict(_AARCH64),
-           "aarch64-linux-gnu", "gcc-aarch64-linux-gnu", "qemu-aarch64", "aarch64"),
+           *_A64),
     Target("aarch64-cortex-a53", "Cortex-A53 (Raspberry Pi 3, many SoCs), NEON",
            {**_AARCH64, "mcpu": "cortex-a53"},
-           "aarch64-linux-gnu", "gcc-aarch64-linux-gnu", "qemu-aarch64", "aarch64"),
+           *_A64),
     Target("aarch64-cortex-a72", "Cortex-A72 (Raspberry Pi 4), NEON",
            {**_AARCH64, "mcpu": "cortex-a72"},
-           "aarch64-linux-gnu", "gcc-aarch64-linux-gnu", "qemu-aarch64", "aarch64"),
+           *_A64),
     Target("aarch64-cortex-a76", "Cortex-A76 (Raspberry Pi 5), NEON with dot product and fp16",
            {**_AARCH64, "mcpu": "cortex-a76", "mattr": ["+neon", "+dotprod", "+fullfp16"]},
-           "aarch64-linux-gnu", "gcc-aarch64-linux-gnu", "qemu-aarch64", "aarch64"),
+           *_A64),
     Target("armv7a", "32-bit ARMv7-A, hard-float ABI with NEON/VFPv4",
            {"kind": "llvm", "mtriple": "armv7a-linux-gnueabihf", "mattr": ["+neon", "+vfp4"],
             "mfloat-abi": "hard"},
-           "arm-linux-gnueabihf", "gcc-arm-linux-gnueabihf", "qemu-arm", "arm"),
+           "arm-linux-gnueabihf", "gcc-arm-linux-gnueabihf", "qemu-arm", "arm", "libc6-dev-armhf-cross"),
     Target("riscv64", "RISC-V RV64GC (lp64d), no vector extension", dict(_RV64),
-           "riscv64-linux-gnu", "gcc-riscv64-linux-gnu", "qemu-riscv64", "riscv"),
+           *_RV),
     Target("riscv64-rvv", "RISC-V RV64GCV (lp64d) with the vector extension 1.0",
            {**_RV64, "mattr": _RV64["mattr"] + ["+v"]},
-           "riscv64-linux-gnu", "gcc-riscv64-linux-gnu", "qemu-riscv64", "riscv"),
+           *_RV),
 ]
 
 
@@ -315,127 +319,42 @@ def _first_line(e: BaseException) -> str:
 # ---------------------------------------------------------------------------- build
 
 
-@dataclass
-class TuneInfo:
-    trials: int                   # the budget asked for
-    tasks: int = 0                # tuning tasks of the module
-    tasks_selected: int = 0       # the heaviest tasks, holding `share` of the FLOPs
-    tasks_tuned: int = 0          # selected tasks tuned in this run (the others: from the cache)
-    share: float = 1.0            # FLOP share asked for
-    flops_share: float = 1.0      # FLOP share of the selected tasks
-    seconds: float = 0.0
-    cache: str = ""
-
-    def as_dict(self) -> dict:
-        return dict(trials=self.trials, tasks=self.tasks, tasks_selected=self.tasks_selected,
-                    tasks_tuned=self.tasks_tuned, flops_share=round(self.flops_share, 4),
-                    seconds=round(self.seconds, 2), cache=self.cache)
-
-
-DEFAULT_TUNE_SHARE = 0.9
-
-
 def build(mod, target: Target, *, tune_trials: int = 0, tune_cache: str | os.PathLike | None = None,
-          tune_share: float = DEFAULT_TUNE_SHARE, progress: Callable[[str], None] | None = None):
+          tune_share: float = DEFAULT_TUNE_SHARE, progress: Callable[[str], None] | None = None,
+          remote=None):
     """(executable, TuneInfo | None): `mod` built for `target`. Untuned: TVM's default
-    CPU pipeline. Tuned: MetaSchedule with a JSON database in `tune_cache`, tuning the
-    heaviest tasks that together hold `tune_share` of the estimated FLOPs (each weighted
-    by how often it runs); the light rest (reshapes, small elementwise ops) keep TVM's
-    default schedules, which saves most of the tuning time on small machines."""
+    CPU pipeline. Tuned: MetaSchedule (graphopt.tuning), measuring on this machine or, with
+    `remote` (graphopt.device.Remote), on the device over RPC; the heaviest tasks holding
+    `tune_share` of the estimated FLOPs are tuned, the light rest keep default schedules."""
     tvm = require_tvm()
     ttarget = target.tvm_target()
     try:
         if tune_trials <= 0:
             with quiet_tvm():
                 return tvm.compile(mod, target=ttarget), None
-        return _tuned_build(mod, ttarget, tune_trials, tune_cache, tune_share, progress)
+        from .tuning import tuned_build
+
+        gcc = cross_compiler(target)
+        if target.toolchain is not None:
+            _require_linker(target)
+        return tuned_build(mod, ttarget, tune_trials, tune_cache, tune_share, progress,
+                           remote=remote, cross_gcc=gcc)
     except GraphoptError:
         raise
     except Exception as e:  # noqa: BLE001
         raise GraphoptError(f"TVM failed to build for {target.name}: {_first_line(e)}") from e
 
 
-def _tuned_build(mod, ttarget, trials: int, cache, share: float, progress):
-    import tvm
-    from tvm import relax
-
-    try:
-        from tvm.s_tir import meta_schedule as ms
-    except ImportError as e:
-        raise GraphoptError(f"TVM's MetaSchedule cannot be loaded ({_first_line(e)}): "
-                            "pip install 'graphopt[tvm]' (psutil, cloudpickle, xgboost)") from None
-    if cache is None:
-        cache = Path(tempfile.gettempdir()) / "graphopt-tune"
-    cache = Path(cache)
-    cache.mkdir(parents=True, exist_ok=True)
-    info = TuneInfo(trials=trials, cache=str(cache))
-    t0 = time.perf_counter()
-    prep = tvm.transform.Sequential([
-        relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(),
-        relax.transform.FoldConstant(), relax.transform.FuseOps(), relax.transform.FuseTIR(),
-    ])
-    with quiet_tvm():
-        with ttarget:
-            fused = prep(mod)
-        tasks = ms.relax_integration.extract_tasks(fused, ttarget)
-        selected, info.flops_share = _heaviest(tasks, share)
-        database = ms.database.JSONDatabase(work_dir=str(cache))
-        todo = [t for t in selected if not _cached(database, t.dispatched[0])]
-    info.share = share
-    info.tasks, info.tasks_selected, info.tasks_tuned = len(tasks), len(selected), len(todo)
-    log.info("%d tuning tasks, the %d heaviest hold %.1f%% of the FLOPs; %d of them already in "
-             "the cache %s", len(tasks), len(selected), 100 * info.flops_share,
-             len(selected) - len(todo), cache)
-    if todo:
-        if progress:
-            progress(f"tuning {len(todo)} tasks with MetaSchedule ({trials} trials)")
-        with quiet_tvm():
-            contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-                todo, work_dir=str(cache), seed=0)
-            if contexts:
-                ms.tune.tune_tasks(tasks=contexts, task_weights=weights, work_dir=str(cache),
-                                   max_trials_global=trials,
-                                   num_trials_per_iter=max(4, min(64, trials // len(contexts))),
-                                   database=database)
-    info.seconds = time.perf_counter() - t0
-    if progress:
-        progress("building with the tuned schedules")
-    with quiet_tvm():
-        ex = ms.relax_integration.compile_relax(database, mod, ttarget, None)
-    return ex, info
-
-
-def _heaviest(tasks: list, share: float) -> tuple[list, float]:
-    """The fewest tasks (heaviest first) holding `share` of the FLOPs, and their share."""
-    from tvm.s_tir.analysis import estimate_tir_flops
-
-    flops = []
-    for t in tasks:
-        try:
-            f = float(estimate_tir_flops(t.dispatched[0])) * max(int(t.weight), 1)
-        except Exception:  # noqa: BLE001 - unknown: keep the task
-            f = float("inf")
-        flops.append(f)
-    total = sum(f for f in flops if f != float("inf"))
-    if share >= 1.0 or not total:
-        return list(tasks), 1.0
-    ranked = sorted(zip(tasks, flops), key=lambda p: -p[1])
-    keep, acc = [], 0.0
-    for t, f in ranked:
-        if keep and acc >= share * total:
-            break
-        keep.append(t)
-        acc += f if f != float("inf") else 0.0
-    return keep, min(acc / total, 1.0)
-
-
-def _cached(database, mod) -> bool:
-    try:
-        if not database.has_workload(mod):
-            return False
-        return len(database.get_top_k(database.commit_workload(mod), 1)) > 0
-    except Exception:  # noqa: BLE001
-        return False
+def _require_linker(target: Target) -> str:
+    """The cross gcc, with the target's C library present; GraphoptError naming the
+    Debian package that is missing."""
+    gcc = cross_compiler(target)
+    if gcc is None:
+        raise GraphoptError(f"{target.toolchain}-gcc not found: apt-get install {target.apt_package}")
+    if target.libc_package and not Path(f"/usr/{target.toolchain}/lib/crti.o").exists():
+        raise GraphoptError(f"the {target.machine} C library for linking is missing "
+                            f"(no /usr/{target.toolchain}/lib/crti.o): apt-get install {target.libc_package}")
+    return gcc
 
 
 # ---------------------------------------------------------------------------- export
@@ -453,7 +372,15 @@ def export(ex, target: Target, path: Path, *, archive: bool = False) -> tuple[Pa
             else:
                 from tvm.support import cc
 
-                ex.export_library(str(path), fcompile=cc.cross_compiler(gcc))
+                _require_linker(target)
+                try:
+                    ex.export_library(str(path), fcompile=cc.cross_compiler(gcc))
+                except Exception as e:  # noqa: BLE001 - the linker's message, on one line
+                    msg = _first_line(e)
+                    hint = f" (apt-get install {target.libc_package})" if target.libc_package and \
+                        re.search(r"cannot find (crt|-lc\b)|crti\.o", str(e)) else ""
+                    raise GraphoptError(f"linking for {target.name} with {Path(gcc).name} failed: "
+                                        f"{msg}{hint}") from None
             return path, "shared library", ""
         tar = path if path.suffix == ".tar" else path.with_suffix(".tar")
         ex.export_library(str(tar))
@@ -535,7 +462,8 @@ class CompileResult:
     target_spec: dict
     input_shapes: dict[str, tuple]
     verification: str = ""           # one line: what was checked and how
-    verified: str = "no"             # "artifact" | "host build" | "no"
+    verified: str = "no"             # "device" | "artifact" | "host build" | "no"
+    device: dict | None = None       # with --rpc: where it ran, upload time, latency there
     link_hint: str = ""
     tuning: TuneInfo | None = None
     seconds: dict[str, float] = field(default_factory=dict)
@@ -555,6 +483,8 @@ class CompileResult:
             d["link_hint"] = self.link_hint
         if self.tuning is not None:
             d["tuning"] = self.tuning.as_dict()
+        if self.device is not None:
+            d["device"] = self.device
         if self.report is not None:
             d["pipeline"] = self.report.as_dict()
         return d
@@ -598,11 +528,16 @@ def compile_model(
     examples: int = 8,
     seed: int = 0,
     archive: bool = False,
+    remote=None,
     progress: Callable[[str], None] | None = None,
 ) -> CompileResult:
     """Compile an ONNX model with TVM for a named target and write the library to
     `output` (see the module docstring). Raises GraphoptError (exit 2) for bad input and
-    VerificationError (exit 1) when the compiled module disagrees with onnxruntime."""
+    VerificationError (exit 1) when the compiled module disagrees with onnxruntime.
+
+    With `remote` (graphopt.device.Remote: --rpc / --rpc-tracker) the library is uploaded
+    to the device, verified there against onnxruntime on this machine, and timed there
+    with TVM's time evaluator; tuning then measures on the device too."""
     from . import io
 
     times: dict[str, float] = {}
@@ -612,10 +547,30 @@ def compile_model(
         raise GraphoptError("--tune-trials must be 0 or more")
     if not 0.0 < tune_share <= 1.0:
         raise GraphoptError("--tune-share must be in (0, 1]")
-    if tune_trials and not host_can_run(tgt):
+    if tune_trials and remote is None and "num-cores" not in tgt.tvm and host_can_run(tgt):
+        import dataclasses
+
+        tgt = dataclasses.replace(tgt, tvm={**tgt.tvm, "num-cores": os.cpu_count() or 1})
+    if tune_trials and remote is None and not host_can_run(tgt):
         raise GraphoptError(
             f"tuning measures candidates by running them: target '{tgt.name}' does not run on "
-            "this machine (tune on the device with TVM's RPC runner, or build untuned)")
+            "this machine (tune on the device: --rpc HOST:PORT or --rpc-tracker HOST:PORT "
+            "--rpc-key KEY, or build untuned)")
+    if remote is not None:
+        if archive:
+            raise GraphoptError("--archive writes object files, which cannot be run on the device: "
+                                "drop --archive to use --rpc")
+        if tgt.toolchain is not None:
+            _require_linker(tgt)   # the device loads a shared library linked here
+        from . import device
+
+        if progress:
+            progress(f"connecting to {remote.where}")
+        about = device.probe(remote)   # a bad address fails now, not after the build
+        if tune_trials and "num-cores" not in tgt.tvm:  # MetaSchedule wants the device's cores
+            import dataclasses
+
+            tgt = dataclasses.replace(tgt, tvm={**tgt.tvm, "num-cores": about["threads"]})
     src_paths: tuple = ()
     if not isinstance(model, onnx.ModelProto):
         src_paths = (model,)
@@ -644,7 +599,7 @@ def compile_model(
         progress(f"building for {tgt.name}")
     t0 = time.perf_counter()
     ex, tune = build(mod, tgt, tune_trials=tune_trials, tune_cache=tune_cache, tune_share=tune_share,
-                     progress=progress)
+                     progress=progress, remote=remote)
     times["build"] = time.perf_counter() - t0
 
     result = CompileResult(output=str(out), kind="", target=tgt.name, target_spec=dict(tgt.tvm),
@@ -657,7 +612,11 @@ def compile_model(
         written, kind, link = export(ex, tgt, Path(tmp) / out.name, archive=archive)
         times["export"] = time.perf_counter() - t0
         result.kind, result.link_hint = kind, link
-        if verify:
+        if remote is not None:
+            _on_device(remote, written, model, optimized, shapes, in_names, out_names, verify=verify,
+                       examples=examples, seed=seed, result=result, times=times,
+                       input_ranges=input_ranges, samples=samples, progress=progress)
+        elif verify:
             if progress:
                 progress("verifying against onnxruntime")
             t0 = time.perf_counter()
@@ -682,8 +641,66 @@ def compile_model(
         result.output = str(final)
     if result.kind == "object archive":
         result.link_hint = link_hint(tgt, final, link)
+    if tune is not None and tune.tasks_failed:
+        result.notes.append(
+            f"tuning measured nothing for {tune.tasks_failed} of {tune.tasks_tuned} tasks (every trial "
+            f"failed; they keep TVM's default schedules, nothing was recorded, the next build tunes "
+            f"them again): {tune.failures[0]}")
+    if tune is not None and remote is not None:
+        result.notes.append("schedules were ranked by times measured on the device; times from an "
+                            "emulated board (qemu) do not reflect real hardware")
     result.seconds = times
     return result
+
+
+def _on_device(remote, library: Path, model, optimized, shapes, in_names, out_names, *, verify: bool,
+               examples: int, seed: int, result: CompileResult, times: dict, input_ranges=None,
+               samples=None, progress=None) -> None:
+    """Upload the library to the device, check it there against onnxruntime, time it there."""
+    from . import device
+
+    t0 = time.perf_counter()
+    if progress:
+        progress(f"uploading to {remote.where}")
+    with device.connect(remote) as sess:
+        runner = sess.load(library, in_names, out_names)
+        times["upload"] = time.perf_counter() - t0
+        info = dict(remote.as_dict(), upload_load_s=round(runner.load_seconds, 3),
+                    connect_s=round(sess.connect_seconds, 3))
+        if verify:
+            if progress:
+                progress(f"verifying on {remote.where} against onnxruntime")
+            t0 = time.perf_counter()
+            result.verified = "device"   # _check sets "no" when nothing could be checked
+            _check(model, optimized, runner, shapes, examples=examples, seed=seed, result=result,
+                   what=f"the compiled library on {remote.where}", input_ranges=input_ranges,
+                   samples=samples)
+            times["verify"] = time.perf_counter() - t0
+            info["runs_checked"] = runner.runs
+        else:
+            result.verification = f"not verified (--no-verify); ran on {remote.where}"
+        if progress:
+            progress(f"timing on {remote.where}")
+        t0 = time.perf_counter()
+        feeds = _timing_feeds(model, shapes, seed)
+        info["latency"] = {k: (round(v, 4) if isinstance(v, float) else v)
+                           for k, v in runner.latency(feeds).items()}
+        times["device_timing"] = time.perf_counter() - t0
+    info["checked_on"] = "device" if result.verified == "device" else "not checked"
+    result.device = info
+
+
+def _timing_feeds(model: onnx.ModelProto, shapes: dict, seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    types = {i.name: i.type.tensor_type.elem_type for i in model.graph.input}
+    feeds = {}
+    for name, shape in shapes.items():
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(types.get(name, onnx.TensorProto.FLOAT))
+        if np.issubdtype(dtype, np.floating):
+            feeds[name] = rng.standard_normal(shape).astype(dtype)
+        else:
+            feeds[name] = np.zeros(shape, dtype)
+    return feeds
 
 
 def _check(reference: onnx.ModelProto, optimized: onnx.ModelProto, runner: TVMRunner,

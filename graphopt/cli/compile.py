@@ -32,6 +32,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--archive", action="store_true",
                         help="write a tar of object files even when a cross toolchain is installed")
     parser.add_argument("--list-targets", action="store_true", help="list the named targets and exit")
+    d = parser.add_argument_group("device (TVM RPC)")
+    d.add_argument("--rpc", metavar="HOST:PORT",
+                   help="a TVM RPC server on the device (python -m tvm.exec.rpc_server): upload the "
+                        "library, verify and time it there; --tune-trials measures there too")
+    d.add_argument("--rpc-tracker", metavar="HOST:PORT", help="a TVM RPC tracker to get the device from")
+    d.add_argument("--rpc-key", metavar="KEY", help="the key the device registered under at the tracker")
+    d.add_argument("--rpc-timeout", type=float, default=120.0, metavar="SECONDS",
+                   help="give up on a device call after this long (default 120)")
     g = parser.add_argument_group("verification")
     g.add_argument("--no-verify", action="store_true",
                    help="check neither the passes nor the compiled module numerically")
@@ -56,7 +64,11 @@ def run(args: argparse.Namespace) -> int:
         raise GraphoptError("give the ONNX model to compile (graphopt compile MODEL --target TARGET)")
     if args.verify_examples < 1:
         raise GraphoptError("--verify-examples must be at least 1")
+    from ..device import Remote
     from ..samples import load_samples
+
+    remote = Remote.parse(rpc=args.rpc, tracker=args.rpc_tracker, key=args.rpc_key,
+                          timeout=args.rpc_timeout)
 
     shapes = dict(options.parse_shape(s) for s in args.input_shape)
     ranges = dict(options.parse_range(r) for r in args.input_range)
@@ -68,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
             input_ranges=ranges, samples=samples,
             tune_trials=args.tune_trials, tune_cache=args.tune_cache, tune_share=args.tune_share,
             verify=not args.no_verify,
-            examples=args.verify_examples, seed=args.seed, archive=args.archive, progress=progress,
+            examples=args.verify_examples, seed=args.seed, archive=args.archive, remote=remote,
+            progress=progress,
         )
     if args.json:
         json.dump(result.as_dict(), sys.stdout, indent=2, default=str)
@@ -76,6 +89,12 @@ def run(args: argparse.Namespace) -> int:
     elif not args.quiet:
         print_result(result)
     return 0
+
+
+def _where(d: dict) -> str:
+    if "tracker" in d:
+        return f"key {d.get('key')} via tracker {d['tracker']}"
+    return f"RPC server {d.get('rpc')}"
 
 
 def print_targets(targets, as_json: bool = False) -> int:
@@ -108,8 +127,14 @@ def print_result(r) -> None:
         t = r.tuning
         c.print(f"tuning: MetaSchedule, {t.trials} trials; {t.tasks_selected} of {t.tasks} tasks hold "
                 f"{100 * t.flops_share:.0f}% of the FLOPs: {t.tasks_tuned} tuned now, "
-                f"{t.tasks_selected - t.tasks_tuned} from the cache {escape(t.cache)}; {t.seconds:.0f} s")
+                f"{t.tasks_selected - t.tasks_tuned} from the cache {escape(t.cache)}; {t.seconds:.0f} s; "
+                f"measured on {escape(t.measured_on)}")
     c.print(f"verified: {escape(r.verification)}")
+    if r.device is not None:
+        lat = r.device.get("latency", {})
+        c.print(f"device: {escape(_where(r.device))}: upload and load {r.device['upload_load_s']:.2f} s; "
+                f"latency {lat.get('median_ms', float('nan')):.3f} ms median, {lat.get('min_ms', float('nan')):.3f} ms min "
+                f"(TVM time evaluator on the device, {lat.get('repeat')}x{lat.get('number')} runs)")
     for note in r.notes:
         c.print(f"[yellow]note:[/] {escape(note)}")
     if r.link_hint:
