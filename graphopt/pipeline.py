@@ -300,7 +300,30 @@ def _import_builtin_passes() -> None:
 
 
 def load_plugin(module: str) -> None:
-    """Import a module that registers passes (the CLI's --plugin)."""
+    """Import a module that registers passes (the CLI's --plugin): a module name
+    (``my_passes``, ``pkg.passes``) or the path of a Python file (``path/to/file.py``)."""
+    import os
+    import sys
+
+    if module.endswith(".py") or os.sep in module or (os.altsep and os.altsep in module):
+        path = os.path.abspath(module)
+        if not os.path.isfile(path):
+            raise GraphoptError(f"cannot load plugin '{module}': no such file")
+        name = "graphopt_plugin_" + re.sub(r"\W", "_", os.path.splitext(os.path.basename(path))[0])
+        spec = importlib.util.spec_from_file_location(name, path)
+        if spec is None or spec.loader is None:
+            raise GraphoptError(f"cannot load plugin '{module}': not a Python file")
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod  # dataclasses and pickling look the module up by name
+        try:
+            spec.loader.exec_module(mod)
+        except (ImportError, SyntaxError) as e:
+            del sys.modules[name]
+            raise GraphoptError(f"cannot load plugin '{module}': {type(e).__name__}: {e}") from e
+        except Exception:
+            del sys.modules[name]
+            raise
+        return
     try:
         importlib.import_module(module)
     except ImportError as e:

@@ -43,8 +43,27 @@ def add_common(parser: argparse.ArgumentParser) -> None:
     g.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
     g.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     g.add_argument("--json", action="store_true", help="print a machine-readable summary to stdout")
-    g.add_argument("--plugin", action="append", default=[], metavar="MODULE",
-                   help="import a Python module that registers passes (repeatable)")
+    # --- report/json/version (issue 17)
+    g.add_argument("--plugin", action="append", default=[], metavar="MODULE|FILE.py",
+                   help="import a Python module (name or path of a .py file) that registers "
+                        "passes (repeatable)")
+    g.add_argument("--version", action="version", version=f"graphopt {_version()}",
+                   help="print graphopt's version and exit")
+    # --- end report/json/version
+
+
+# --- report/json/version (issue 17)
+def _version() -> str:
+    """The installed distribution's version (the package's own when not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("graphopt")
+    except PackageNotFoundError:
+        from .. import __version__
+
+        return __version__
+# --- end report/json/version
 
 
 def _available_commands() -> dict[str, tuple[str, str]]:
