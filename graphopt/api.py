@@ -145,7 +145,12 @@ def _checker_skeleton(proto: onnx.ModelProto) -> onnx.ModelProto:
     refer to initializers) are checked whole. Raises onnx.checker.ValidationError."""
     graph = proto.graph
     if len(proto.training_info):
-        return proto
+        if not any(t.data_location == onnx.TensorProto.EXTERNAL for t in io.iter_model_tensors(proto)):
+            return proto
+        whole = onnx.ModelProto()
+        whole.CopyFrom(proto)  # external tensors and stubs only: their payload is not in it
+        _zero_fill_external(whole)
+        return whole
     import numpy as np
     from onnx import helper
 
@@ -184,16 +189,20 @@ def _checker_skeleton(proto: onnx.ModelProto) -> onnx.ModelProto:
         if t.name not in input_names:
             skeleton.graph.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
     if nested_external:
-        # external tensors in subgraphs and attributes (whose files the checker would look
-        # for in the working folder) are checked with zeros of their size in their place
-        for t in io.iter_model_tensors(skeleton):
-            if t.data_location == onnx.TensorProto.EXTERNAL:
-                n = io._fixed_nbytes(t)
-                if n is None:
-                    continue
-                del t.external_data[:]
-                t.ClearField("data_location")
-                t.raw_data = bytes(n)
+        _zero_fill_external(skeleton)
     return skeleton
+
+
+def _zero_fill_external(model: onnx.ModelProto) -> None:
+    """External tensors left in a skeleton (in subgraphs and attributes; their files the
+    checker would look for in the working folder) are checked with zeros of their size."""
+    for t in io.iter_model_tensors(model):
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            n = io._fixed_nbytes(t)
+            if n is None:
+                continue
+            del t.external_data[:]
+            t.ClearField("data_location")
+            t.raw_data = bytes(n)
 
 

@@ -587,3 +587,18 @@ def test_chunked_parse_equals_plain_parse(tmp_path, monkeypatch, chunk):
     bad.write_bytes(data[: len(data) * 2 // 3])
     with pytest.raises(GraphoptError, match="not a valid ONNX model"):
         graphopt.load(bad)
+
+
+def test_training_info_model_with_large_weights_through_optimize_file(tmp_path):
+    """Models with training_info are checked whole: the weight stubs of the export must not
+    reach onnx.checker as files it cannot find."""
+    m = rich_model()
+    m.graph.initializer.append(numpy_helper.from_array(np.ones((128, 3), np.float32), "big"))
+    m.graph.node.append(helper.make_node("Mul", ["big", "x"], ["bx"], name="mul"))
+    m.graph.output.append(helper.make_tensor_value_info("bx", TensorProto.FLOAT, [128, 3]))
+    src = tmp_path / "m.onnx"
+    onnx.save(m, src)
+    dst, _ = optimize_file(src, tmp_path / "o.onnx", "clean", external_data=False)
+    out = onnx.load(dst)
+    assert len(out.training_info) == 1 and "big" in {t.name for t in out.graph.initializer}
+    onnx.checker.check_model(out)
