@@ -281,7 +281,7 @@ class Quantize(Pass):
         need = self.min_speedup
         reused = []
 
-        def speed(model):  # the worst feed decides
+        def speed(model, sess=None):  # the worst feed decides
             nonlocal ref_session
             worst = None
             new_bytes = model.SerializeToString()
@@ -290,7 +290,8 @@ class Quantize(Pass):
                 sp = _timing.cached(key) if key else None
                 if sp is None:
                     ref_session = ref_session or _timing.session(fp32)
-                    sp = _timing.paired_speedup(ref_session, model, f, need=need)
+                    sess = sess or _timing.session(model)
+                    sp = _timing.paired_speedup(ref_session, sess, f, need=need)
                     if key:
                         _timing.remember(key, sp)
                 else:
@@ -303,10 +304,16 @@ class Quantize(Pass):
         best = None  # (label, q, skip, Speedup, why)
         regions = builder.regions(skip)
         for label, cfg_skip, why in self._cost_configs(builder, skip, regions):
-            cand = q if cfg_skip == skip else builder.build(cfg_skip)
-            if cfg_skip != skip and validate(cand):
-                continue
-            sp = speed(cand)
+            cand, sess = q, None
+            if cfg_skip != skip:  # (q itself was validated before)
+                cand = builder.build(cfg_skip)
+                try:  # the timing session doubles as the onnxruntime half of validate()
+                    onnx.checker.check_model(cand)
+                    sess = _timing.session(cand)
+                except Exception as e:
+                    log.info("quant: cost set %s is not a valid model (%s); skipped", label, str(e).splitlines()[0][:200])
+                    continue
+            sp = speed(cand, sess)
             verdict = sp.verdict(need)
             tried.append((label, sp, verdict))
             log.info("quant: cost of %s: %s (needs %gx) -> %s", label, sp.describe(), need, verdict)

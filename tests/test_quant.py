@@ -374,6 +374,7 @@ def test_cost_check_reports_each_region(monkeypatch):
         return _timing.Speedup(1.3, 1.2, 1.4, 41, 1.0, 0.77)
 
     monkeypatch.setattr(_timing, "paired_speedup", fake)
+    monkeypatch.setattr(_timing, "session", lambda proto, threads=2: proto)  # the fake reads the model
     q, res = _quant(m, samples)
     assert res.changed and res.stats["cost_choice"].startswith(("element-wise", "regions"))
     regions = res.stats["regions"]
