@@ -169,7 +169,11 @@ def test_broken_tflite_conversion_is_caught(tmp_path):
 
     with pytest.raises(BrokenConversion, match="output 'logits'"):
         export_model(DIGITS, "tflite", tmp_path / "d.tflite", tamper=tamper, repro_dir=tmp_path / "repro")
-    assert (tmp_path / "repro" / "d.tflite").exists() and not (tmp_path / "d.tflite").exists()
+    repro = tmp_path / "repro"
+    assert (repro / "d.tflite").exists() and not (tmp_path / "d.tflite").exists()
+    # graphopt verify takes the .tflite directly (NHWC handled) and finds the same failure
+    assert cli(["verify", str(repro / "model.onnx"), str(repro / "d.tflite"), "--samples", str(repro / "inputs.npz"),
+                "--repro-dir", str(tmp_path / "repro2")]) == 1
 
 
 def _one_op_model(tmp_path: Path, op: str, shape: list, outs: list[tuple[str, int]]) -> Path:
