@@ -186,10 +186,18 @@ def export_model(
         if result.skipped:
             raise ConversionError(f"could not verify the {runtime} model: {result.reason}")
         if not result.ok:
+            where = None
+            if contract.kind == "float" and result.counterexample is not None:
+                from .localize import first_divergence
+
+                where = first_divergence(runtime, optimized, result.counterexample, shapes)
+            if where:
+                result.notes.append(f"first divergence: {where}")
             repro = save_target_repro(repro_dir or Path("graphopt-repro") / f"export-{runtime}", model, files, result,
                                       runtime=runtime, title=f"graphopt export {src} --to {runtime}")
             raise BrokenConversion(result.message(f"the {runtime} model disagrees with onnxruntime")
-                                   + ("" if result.repro else f"; reproducer in {repro}"))
+                                   + ("" if result.repro else f"; reproducer in {repro}")
+                                   + (f"; first divergence at {where}" if where else ""))
         moved = []
         for f in files:
             dst = out.with_suffix(f.suffix) if f.suffix != out.suffix else out
