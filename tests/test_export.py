@@ -206,8 +206,9 @@ def test_conversion_failure_names_the_op_with_reproducer(tmp_path, capsys):
 
 
 def test_real_mnn_mismatch_unique_indices(tmp_path, capsys):
-    """Not simulated: MNN 3.6.1 converts ONNX Unique, but its `indices` output differs from
-    onnxruntime's (2 of 8 first-occurrence indices on the first draw). Caught, exit 1."""
+    """Not simulated: MNN 3.6.1 converts ONNX Unique, but orders negative values backwards
+    (-0.13 before -0.54 on the first draw), so values, indices and inverse indices differ
+    from onnxruntime's. Caught, exit 1, and localized to the Unique node."""
     _needs("mnn")
     from onnx import TensorProto
 
