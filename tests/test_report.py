@@ -135,7 +135,7 @@ def test_report_without_verification_or_profiles():
     text = render_html(build_report(rep, spec="dce,q"))
     assert "not verified" in text and "Verification was off" in text
     assert "No profiles" in text
-    assert "per-layer error: q" in text and text.index(">conv2<") < text.index(">conv1<")
+    assert "per-layer error after q" in text and text.index(">conv2<") < text.index(">conv1<")
 
 
 def test_chart_escapes_labels_and_handles_missing_values():
@@ -158,25 +158,186 @@ def test_cli_report_json_and_html(tmp_path):
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+needs_chromium = pytest.mark.skipif(CHROMIUM is None,
+                                    reason="chromium is not installed (apt-get install -y chromium)")
+SIZES = ((1280, 800), (390, 844))  # a laptop and a phone
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install -y chromium)")
-def test_html_report_renders_in_headless_chromium(run_data, tmp_path):
-    _, data = run_data
-    page = write_report(tmp_path / "report.html", data)
+def _chromium(page: Path, tmp_path: Path, size: tuple[int, int], *extra: str) -> subprocess.CompletedProcess:
     cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-           "--disable-component-update", "--disable-sync", "--no-first-run",
+           "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars",
            f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0",
-           "--window-size=1280,2000", "--dump-dom", Path(page).as_uri()]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+           f"--window-size={size[0]},{size[1]}", *extra, Path(page).as_uri()]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+
+
+_HARNESS = """<!doctype html><html><body style="margin:0">
+<iframe id="f" src="{src}" width="{w}" height="{h}" style="border:0;display:block"></iframe>
+<script>
+document.getElementById("f").addEventListener("load", function(){{
+  var b = this.contentDocument.body;
+  for (var i = 0; i < b.attributes.length; i++) document.body.setAttribute(b.attributes[i].name, b.attributes[i].value);
+}});
+</script></body></html>"""
+
+
+def _harness(page: Path, tmp_path: Path, size: tuple[int, int]) -> Path:
+    """The page in an iframe of exactly `size`: headless chromium will not make a window
+    narrower than 500 px, an iframe can be a phone's 390 px."""
+    h = tmp_path / f"harness-{size[0]}x{size[1]}.html"
+    h.write_text(_HARNESS.format(src=Path(page).as_uri(), w=size[0], h=size[1]))
+    return h
+
+
+def _rendered(page: Path, tmp_path: Path, size: tuple[int, int]) -> dict[str, str]:
+    """The attributes the page's own script wrote onto <body> after layout in chromium."""
+    proc = _chromium(_harness(page, tmp_path, size), tmp_path, (max(size[0], 800), size[1] + 16),
+                     "--allow-file-access-from-files", "--dump-dom")
     assert proc.returncode == 0, proc.stderr[-2000:]
     body = re.search(r"<body[^>]*>", proc.stdout)
     assert body, proc.stdout[:500]
-    # the page's own check ran after layout: no script errors, every chart has drawn bars
-    assert 'data-rendered="ok"' in body.group(0), body.group(0)
-    charts = int(re.search(r'data-charts="(\d+)"', body.group(0)).group(1))
-    tables = int(re.search(r'data-tables="(\d+)"', body.group(0)).group(1))
-    assert charts >= 4 and tables >= 3
     console = [line for line in proc.stderr.splitlines() if ":CONSOLE" in line]
     assert not console, console
-    assert "<svg" in proc.stdout and 'id="passes"' in proc.stdout
+    attrs = dict(re.findall(r'(data-[a-z]+)="([^"]*)"', body.group(0)))
+    assert "data-rendered" in attrs, body.group(0)
+    return attrs
+
+
+@needs_chromium
+def test_html_report_renders_in_headless_chromium(run_data, tmp_path):
+    _, data = run_data
+    page = write_report(tmp_path / "report.html", data)
+    for size in SIZES:
+        attrs = _rendered(page, tmp_path, size)
+        # no script errors, every chart has drawn bars, nothing wider than the window
+        assert attrs["data-rendered"] == "ok", attrs
+        assert int(attrs["data-viewport"]) == size[0], attrs
+        assert attrs["data-overflow"] == "none", (size, attrs)
+        assert int(attrs["data-charts"]) >= 4 and int(attrs["data-tables"]) >= 3
+
+
+# ------------------------------------------------------------------ issue 17: a report to look at
+
+
+@pytest.fixture(scope="module")
+def cli_reports(tmp_path_factory):
+    """Reports of the two shipped models through the CLI: digits (clean,fuse) and the tiny
+    transformer (clean,fuse: its LayerNorm/GELU need a newer opset; symbolic seq dim)."""
+    tmp = tmp_path_factory.mktemp("reports")
+    out = {}
+    for name, model in (("digits", DIGITS), ("tiny", MODELS / "tiny_transformer.onnx")):
+        html_path, json_path = tmp / f"{name}.html", tmp / f"{name}.json"
+        rc = cli_main([str(model), "-p", "clean,fuse", "-o", str(tmp / f"{name}.onnx"), "-q",
+                       "--verify-examples", "2", "--report", str(html_path)])
+        assert rc == 0
+        out[name] = html_path
+        data = json.loads(json.dumps(build_report(graphopt.Report(), spec="x")))  # shape only
+        assert data["schema"] == "graphopt.run/1"
+        out[name + "_json"] = json_path
+    return out
+
+
+def _unchanged_report() -> dict:
+    rep = graphopt.Report(nodes_before=5, nodes_after=4, bytes_before=10, bytes_after=10, seconds=0.5)
+    for i in range(6):
+        rep.records.append(graphopt.PassRecord(f"p{i}", f"p{i}", "exact", "g", 0, False,
+                                               {"fused": 0}, 5, 5, 10, 10, 0.001))
+    rep.records.append(graphopt.PassRecord("dce", "dce", "exact", None, 0, True, {"removed": 1},
+                                           5, 4, 10, 10, 0.01))
+    return build_report(rep, spec="g,dce")
+
+
+def test_unchanged_passes_are_folded_away():
+    text = render_html(_unchanged_report())
+    passes = re.search(r'<table class="stack" id="passes">.*?</table>', text, re.S).group(0)
+    assert ">dce<" in passes and ">p0<" not in passes
+    folded = re.search(r'<details id="unchanged"><summary>(.*?)</summary>(.*?)</details>', text, re.S)
+    assert folded and folded.group(1).startswith("6 passes unchanged")
+    assert all(f">p{i}<" in folded.group(2) for i in range(6))
+
+
+def test_changes_are_percent_or_factor_never_exponent():
+    from graphopt.report import _change
+
+    assert _change(1.0, 0.0037) == "-99.6% (÷270)"
+    assert _change(100, 88) == "-12%" and _change(100, 97) == "-3.0%" and _change(10, 37) == "×3.7"
+    p_in = {"batches": [{"latency": {"p50_ms": 1.0, "p90_ms": 1.2, "p99_ms": 1.0, "runs": 20}}]}
+    p_out = {"batches": [{"latency": {"p50_ms": 0.5, "p90_ms": 0.6, "p99_ms": 0.0037, "runs": 20}}]}
+    data = _unchanged_report()
+    data["profiles"] = {"input": p_in, "output": p_out}
+    text = render_html(data)
+    assert not re.search(r"[×x]\d(\.\d+)?e[-+]\d", text), re.findall(r"[×x][\d.]+e[-+]\d+", text)
+    assert "-99.6% (÷270)" in text
+
+
+def test_per_layer_labels_are_whole_and_have_a_unit():
+    long = "/features/features.3/body/body.1/body.1.0/Conv_with_a_rather_long_exported_name"
+    svg = hbar_chart("per-layer error (%)", [long, "fc"], [("error", [0.0123, 0.001])],
+                     fmt=lambda x: f"{x * 100:.3g}%")
+    lines = re.findall(r'<text [^>]*class="label">([^<]*)</text>', svg)
+    assert "".join(lines[:-1]) == long and lines[-1] == "fc"  # wrapped over lines, not cut
+    assert "…" not in "".join(lines)
+    rep = graphopt.Report(nodes_before=3, nodes_after=3)
+    rep.records.append(graphopt.PassRecord("q", "q", "lossy", None, 0, True,
+                                           {"per_layer_error": {long: 0.0123}}, 3, 3, 10, 10, 0.01))
+    text = render_html(build_report(rep, spec="q"))
+    assert "relative L2 error of each layer&#x27;s output (%)" in text and ">1.23%" in text
+
+
+def test_latency_card_and_chart_show_the_same_numbers_with_their_spread():
+    rep = graphopt.Report(nodes_before=5, nodes_after=4, bytes_before=10, bytes_after=10)
+    rep.extra["input_profile"] = {"macs": 10, "p50_ms": 2.0, "p90_ms": 2.6, "runs": 10}
+    rep.records.append(graphopt.PassRecord("dce", "dce", "exact", None, 0, True, {}, 5, 4, 10, 10, 0.01,
+                                           extra={"profile": {"macs": 8, "p50_ms": 1.5, "p90_ms": 1.9,
+                                                              "runs": 10}}))
+    data = build_report(rep, spec="dce")
+    # a separate measurement of the saved files must not replace the card's numbers
+    data["profiles"] = {"input": {"batches": [{"latency": {"p50_ms": 9.0, "p90_ms": 9.9}}]},
+                        "output": {"batches": [{"latency": {"p50_ms": 8.0, "p90_ms": 8.8}}]}}
+    text = render_html(data)
+    card = re.search(r'latency p50 \(onnxruntime CPU\)</div><div class="v">(.*?)</div><div class="s">(.*?)</div>',
+                     text).groups()
+    assert card[0] == "2 ms → 1.5 ms" and "p90 2.6 ms → 1.9 ms" in card[1] and "10 runs" in card[1]
+    chart = re.search(r'<svg[^>]*id="chart-latency".*?</svg>', text, re.S).group(0)
+    assert "2 ms (p90 2.6 ms)" in chart and "1.5 ms (p90 1.9 ms)" in chart
+    assert chart.count('class="whisker"') == 4 and "(ms" in chart
+
+
+def test_graph_view_draws_the_changed_region():
+    from graphopt.graphview import graph_diff, render_graph
+
+    before = onnx.load(DIGITS)
+    after = graphopt.optimize(before, "fold-bn", verify=False)
+    diff = graph_diff(before, after)
+    removed = {n["op"] for n in diff["before"]["nodes"] if n["changed"]}
+    added = {n["op"] for n in diff["after"]["nodes"] if n["changed"]}
+    assert "BatchNormalization" in removed and "BatchNormalization" not in added and "Conv" in added
+    assert diff["before"]["edges"] and graph_diff(before, before) is None
+    svg = render_graph(diff["before"], "before")
+    assert svg.count("<rect") == len(diff["before"]["nodes"]) and svg.count('class="edge"') == len(
+        diff["before"]["edges"])
+
+
+def test_cli_report_has_graph_hints_and_one_note_per_problem(cli_reports):
+    digits = cli_reports["digits"].read_text()
+    assert digits.count('<svg class="graph"') == 2 and "BatchNormalization" in digits
+    assert "--target ort" in digits  # Conv+Relu fuse into FusedConv only for onnxruntime
+    tiny = cli_reports["tiny"].read_text()
+    hints = re.findall(r'<li class="hint">(.*?)</li>', tiny)
+    assert any("LayerNormalization needs opset 17" in h and "--allow-opset-upgrade" in h for h in hints)
+    assert any("Gelu needs opset 20" in h for h in hints)
+    notes = re.findall(r'<li class="note">(.*?)</li>', tiny)
+    assert len(notes) == 1, notes  # was ten copies
+    assert "--input-shape input_ids=1xN" in notes[0]
+    assert "--batch" not in tiny  # `graphopt MODEL` has no --batch
+
+
+@needs_chromium
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_cli_reports_fit_the_window(cli_reports, tmp_path, size):
+    for name in ("digits", "tiny"):
+        attrs = _rendered(cli_reports[name], tmp_path, size)
+        assert attrs["data-rendered"] == "ok", attrs
+        assert int(attrs["data-viewport"]) == size[0], attrs
+        assert attrs["data-overflow"] == "none", (name, size, attrs)
+    assert int(_rendered(cli_reports["digits"], tmp_path, size)["data-graphs"]) == 2

@@ -53,7 +53,7 @@ class StageProfiler(Instrument):
             if self.latency:
                 lat = measure_latency(proto, shapes, threads=self.threads, warmup=self.warmup,
                                       runs=self.runs, progress=self.progress)
-                out.update(p50_ms=lat.p50 * 1e3, p90_ms=lat.p90 * 1e3, threads=lat.threads)
+                out.update(p50_ms=lat.p50 * 1e3, p90_ms=lat.p90 * 1e3, threads=lat.threads, runs=lat.runs)
         except GraphoptError as e:
             out["error"] = str(e)
         except Exception as e:  # a model a pass produced may not run; the report says so

@@ -71,6 +71,12 @@ def run(args: argparse.Namespace) -> int:
 
         stage_profiler = StageProfiler(ctx.input_shapes)
         instruments.append(stage_profiler)  # after verification: sees reverted passes
+    # --- report/json (issue 17): weights in Constant nodes count; hints on unfused patterns
+    from ..analysis.hints import FusionHints
+    from ..analysis.weights import WeightCount
+
+    instruments += [WeightCount(), FusionHints()]  # last: a reverted pass counts as reverted
+    # --- end report/json
     with progress_callback(quiet=args.quiet or args.json) as progress:
         if stage_profiler is not None:
             stage_profiler.progress = progress
@@ -84,7 +90,10 @@ def run(args: argparse.Namespace) -> int:
             report_for_run(args.report, report, input_path=args.model, output_path=out,
                            spec=args.pipeline, input_shapes=ctx.input_shapes, progress=progress)
     if args.json:
-        json.dump({"output": out, **report.as_dict()}, sys.stdout, indent=2, default=str)
+        from ..schema import run_document  # --- report/json (issue 17): graphopt.run/1
+
+        json.dump(run_document(report, spec=args.pipeline, input_path=args.model, output_path=out),
+                  sys.stdout, indent=2)
         sys.stdout.write("\n")
     elif not args.quiet:
         print_report(report, out)
