@@ -336,9 +336,13 @@ def test_mnn_converter_installs_nothing_and_connects_nowhere(tmp_path, monkeypat
     monkeypatch.setenv("PATH", f"{canary}:{os.environ['PATH']}")
     before = _dists()
     cmd, env = mnn.guarded_command(tmp_path / "events.txt", DIGITS, tmp_path / "d.mnn")
+    assert Path(env["PATH"]).is_dir() and not any(Path(env["PATH"]).iterdir()), "the converter's PATH holds nothing"
     trace = tmp_path / "trace.txt"
-    proc = subprocess.run([strace, "-f", "-qq", "-e", "trace=connect,execve", "-o", str(trace), *cmd],
-                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    try:
+        proc = subprocess.run([strace, "-f", "-qq", "-e", "trace=connect,execve", "-o", str(trace), *cmd],
+                              env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    finally:
+        shutil.rmtree(env["HOME"], ignore_errors=True)
     assert proc.returncode == 0, proc.stderr[-500:]
     assert (tmp_path / "d.mnn").stat().st_size > 1024
     lines = trace.read_text().splitlines()
@@ -348,7 +352,6 @@ def test_mnn_converter_installs_nothing_and_connects_nowhere(tmp_path, monkeypat
     assert all(Path(e).name in ("unshare", Path(sys.executable).name) or e == sys.executable for e in execs), execs
     assert not mark.exists(), "pip was run"
     assert _dists() == before, "packages changed"
-    assert "PATH" in env and not shutil.which("pip", path=env["PATH"])
     assert not (tmp_path / "events.txt").exists() or not (tmp_path / "events.txt").read_text().strip()
 
 
@@ -361,7 +364,10 @@ def test_mnn_guard_refuses_mnn_tools(tmp_path):
     events = tmp_path / "events.txt"
     cmd, env = mnn.guarded_command(events, DIGITS, tmp_path / "d.mnn", "--import-mnn-tools")
     before = _dists()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    try:
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    finally:
+        shutil.rmtree(env["HOME"], ignore_errors=True)
     assert proc.returncode == 0, proc.stderr[-500:]
     text = events.read_text()
     assert "import MNN.tools" in text and "refused" in text
