@@ -348,6 +348,12 @@ def test_mnn_converter_installs_nothing_and_connects_nowhere(tmp_path, monkeypat
     lines = trace.read_text().splitlines()
     connects = [line for line in lines if "connect(" in line]
     assert not connects, connects
+    # control: the same watch does see a connection attempt (to a closed loopback port)
+    control = tmp_path / "control.txt"
+    subprocess.run([strace, "-f", "-qq", "-e", "trace=connect,execve", "-o", str(control), sys.executable, "-c",
+                    "import socket\ntry: socket.create_connection(('127.0.0.1', 9), timeout=1)\nexcept OSError: pass"],
+                   capture_output=True, timeout=60)
+    assert any("connect(" in line for line in control.read_text().splitlines())
     execs = [re.search(r'execve\("([^"]+)"', line).group(1) for line in lines if "execve(" in line and "= 0" in line]
     assert all(Path(e).name in ("unshare", Path(sys.executable).name) or e == sys.executable for e in execs), execs
     assert not mark.exists(), "pip was run"
