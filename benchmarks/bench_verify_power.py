@@ -65,6 +65,7 @@ MUTANTS = list(NUDGES) + ["bias-zero", "swap-channels", "leaky-relu"]
 BUCKETS = [(1e-3, "≥ 1e-3"), (1e-4, "1e-4 – 1e-3"), (1e-5, "1e-5 – 1e-4"), (1e-6, "1e-6 – 1e-5"),
            (1e-300, "< 1e-6"), (0.0, "0 (no change on the drawn inputs)")]
 TARGET = 1e-5
+THREADS = 2   # onnxruntime intra-op threads of every session here (the verifier's default)
 
 
 # ----------------------------------------------------------------------------- models
@@ -248,7 +249,10 @@ def output_change(model: onnx.ModelProto, other: onnx.ModelProto, space, example
     other inputs give 1: there a one-ulp difference would count as a 50% change).
     inf when shapes or finiteness differ, nan when nothing ran."""
     try:
-        rb = Runner(other)
+        # the reference's own thread count: onnxruntime's intra-op threads change the
+        # reduction order, which moves an ill-conditioned input's outputs by itself
+        # (PP-OCRv4 det, a 1000x input: 3.4e-5 between 1 and 2 threads)
+        rb = Runner(other, threads=THREADS)
     except Exception:  # noqa: BLE001
         return float("inf")
     per: dict[int, list[tuple[float, float]]] = {}
@@ -318,7 +322,7 @@ def main() -> None:
     for name, path in models.items():
         model = load(path)
         t0 = time.perf_counter()
-        ref = Runner(model, threads=2)
+        ref = Runner(model, threads=THREADS)
         space = make_space(model, ref)
         if not space.probed_ok:
             print(f"{name}: no input the model accepts ({space.probe_error}); skipped", flush=True)
@@ -330,7 +334,7 @@ def main() -> None:
                     continue
                 change = output_change(model, mutant, space, args.examples, 0, ref)
                 res = compare(model, mutant, "float", examples=args.examples, seed=0, shrink_seconds=0,
-                              runner_a=ref, space=space, threads=2)
+                              runner_a=ref, space=space, threads=THREADS)
                 caught = not res.ok and not res.skipped
                 mutant_rows.append(dict(model=name, kind=kind, seed=seed, change=change, caught=caught,
                                         skipped=res.skipped, summary=res.summary))
@@ -355,7 +359,7 @@ def main() -> None:
             change = output_change(model, rewritten, space, args.examples, 0, ref)
             try:
                 res = compare(model, rewritten, "float", examples=args.examples, seed=0, shrink_seconds=0,
-                              runner_a=ref, space=space, threads=2)
+                              runner_a=ref, space=space, threads=THREADS)
                 ok, summary, ratio = res.ok, res.summary, noise_ratio(res)
                 if res.skipped:
                     ok = None
