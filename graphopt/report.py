@@ -6,7 +6,8 @@
 The HTML page has no external resources (inline CSS and SVG charts drawn here; no
 scripts from a CDN), so it can be opened offline or attached to a CI run. It shows the
 pipeline (per-pass nodes, weight size, time), the verification results the verify
-instrument left in each `PassRecord.extra["verify"]` (absent when verification was off),
+instrument left in each `PassRecord.extra["verify"]` (the document's `passes[i].verify`; null
+when verification was off),
 the input and output profiles side by side, and charts: nodes, weights and latency per
 stage (stage latency needs `graphopt.analysis.stages.StageProfiler`), verification error
 against tolerance, per-layer error of lossy passes (when a pass reports
@@ -424,7 +425,7 @@ def _stage_rows(data: dict) -> list[dict]:
             continue
         label = p["spec"] + (f" #{p['iteration'] + 1}" if p.get("iteration") else "")
         stages.append({"label": label, "nodes": p["nodes_after"], "bytes": p["bytes_after"],
-                       "profile": (p.get("extra") or {}).get("profile") or {}})
+                       "profile": p.get("profile") or {}})
     return stages
 
 
@@ -561,9 +562,9 @@ def render_html(data: dict) -> str:
     ]
     # summary cards: (key, value html, sub-line html)
     ver = data.get("verification") or {}
-    verified = [p for p in data["passes"] if (p.get("extra") or {}).get("verify", {}).get("status")
+    verified = [p for p in data["passes"] if (p.get("verify") or {}).get("status")
                 in ("ok", "failed")]
-    failed = [p for p in verified if p["extra"]["verify"]["status"] == "failed"]
+    failed = [p for p in verified if p["verify"]["status"] == "failed"]
     cards = [
         ("nodes", _e(f"{s['nodes_before']} → {s['nodes_after']}"), _e(_change(s["nodes_before"], s["nodes_after"]))),
         ("weights", _e(f"{_bytes(s['bytes_before'])} → {_bytes(s['bytes_after'])}"),
@@ -597,7 +598,7 @@ def render_html(data: dict) -> str:
 
     # pipeline: passes that changed (or tried to) first; the unchanged ones folded away
     def row(p: dict) -> list[str]:
-        v = (p.get("extra") or {}).get("verify")
+        v = p.get("verify")
         status, detail = _verify_cell(v)
         if p.get("reverted"):
             status = '<span class="fail">reverted</span> ' + status
@@ -610,7 +611,7 @@ def render_html(data: dict) -> str:
 
     headers = ["pass", "contract", "changed", "nodes", "weights", "time", "check", "worst error", "stats"]
     shown = [p for p in data["passes"] if p.get("changed") or p.get("reverted")
-             or ((p.get("extra") or {}).get("verify") or {}).get("status") == "failed"]
+             or (p.get("verify") or {}).get("status") == "failed"]
     folded = [p for p in data["passes"] if p not in shown]
     pipe = ['<section id="pipeline"><h2>Pipeline</h2>']
     if shown:
@@ -631,7 +632,7 @@ def render_html(data: dict) -> str:
     # verification details
     vrows, vlabels, ratios, rcolors = [], [], [], []
     for p in data["passes"]:
-        v = (p.get("extra") or {}).get("verify") or {}
+        v = p.get("verify") or {}
         if v.get("status") not in ("ok", "failed", "skipped"):
             continue
         status, detail = _verify_cell(v)
@@ -662,7 +663,7 @@ def render_html(data: dict) -> str:
     # per-layer errors of lossy passes (relative L2 of each layer's output)
     for p in data["passes"]:
         layers = (p.get("stats") or {}).get("per_layer_error") or \
-            ((p.get("extra") or {}).get("verify") or {}).get("per_layer")
+            (p.get("verify") or {}).get("per_layer")
         if isinstance(layers, dict) and layers:
             items = sorted(((str(k), float(v)) for k, v in layers.items()
                             if isinstance(v, (int, float))), key=lambda kv: -kv[1])[:30]

@@ -56,7 +56,9 @@ def run_document(report, *, spec: str = "", input_path: str | None = None,
     passes = []
     for r in report.records:
         d = r.as_dict()
-        d["verify"] = (d.get("extra") or {}).get("verify")
+        d["extra"] = dict(d.get("extra") or {})
+        d["verify"] = d["extra"].pop("verify", None)
+        d["profile"] = d["extra"].pop("profile", None)
         passes.append(d)
     doc = {
         "schema": SCHEMA,
