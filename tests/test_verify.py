@@ -918,14 +918,15 @@ def test_small_real_changes_are_caught(model_name, kind, seed):
     B = _power()
     model = B.load(B.find_models([model_name])[model_name])
     mutant = B.mutate(model, kind, seed)
-    ref = graphopt.verify.Runner(model)
+    ref = graphopt.verify.Runner(model, threads=B.THREADS)   # the mutant runs with the same thread count
     from graphopt.verify.compare import make_space
 
     space = make_space(model, ref)
     change = B.output_change(model, mutant, space, 8, 0, ref)
     assert 1e-5 <= change < 1e-4, change   # the band the old contract could not see
-    assert compare(model, mutant, "float", rtol=1e-4, shrink_seconds=0, runner_a=ref, space=space).ok
-    res = compare(model, mutant, "float", shrink_seconds=0, runner_a=ref, space=space)
+    assert compare(model, mutant, "float", rtol=1e-4, shrink_seconds=0, runner_a=ref, space=space,
+                   threads=B.THREADS).ok
+    res = compare(model, mutant, "float", shrink_seconds=0, runner_a=ref, space=space, threads=B.THREADS)
     assert not res.ok and not res.skipped, (change, res.summary)
     assert "times this input's float noise" in res.worst.detail
 
