@@ -420,4 +420,6 @@ def run_suite(cases: Iterable[Case], tools: dict[str, Tool], workdir: str | None
             summary.outcomes.append(o)
             if progress:
                 progress(o)
+        if case.path is not None:  # read from disk: let it go (light zoo models are large in memory)
+            case._model = case._data = None
     return summary
