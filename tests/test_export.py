@@ -287,6 +287,19 @@ def test_openvino_int8_runs_quantized_layers(tmp_path):
     assert runner.int8_ops() >= 3, "OpenVINO runs the QDQ convolutions in 8-bit"
 
 
+@pytest.mark.parametrize("runtime", ["openvino", "mnn"])
+def test_fp16_export_is_lossy_checked_and_smaller(tmp_path, runtime):
+    """FP16: OpenVINO gets graphopt's fp16 pass, MNN its converter's --fp16 weights; both are
+    judged under the lossy contract (rel_l2 <= 0.01) and store half-size weights."""
+    _needs(runtime)
+    r32 = export_model(DIGITS, runtime, tmp_path / f"d32{SUFFIX[runtime]}")
+    r16 = export_model(DIGITS, runtime, tmp_path / f"d16{SUFFIX[runtime]}", precision="fp16")
+    v = r16.verification
+    assert v.ok and v.contract.kind == "lossy" and v.contract.budget == {"rel_l2": 0.01} and v.worst.error <= 0.01
+    size = lambda res: res.files[-1].stat().st_size  # noqa: E731 - OpenVINO: the .bin
+    assert size(r16) < 0.7 * size(r32)
+
+
 @pytest.mark.slow
 def test_tflite_full_integer(tmp_path):
     _needs("tflite")
