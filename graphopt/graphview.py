@@ -8,7 +8,7 @@ inputs are the same (weights may be renamed or rewritten; attributes are not com
 Nodes only on one side are the change: removed (before) and added (after). Each side
 shows those nodes and their direct neighbours (grey), laid out top to bottom in layers
 (longest path from the region's sources), ordered within a layer by the mean position of
-their predecessors. Only the main graph is compared; subgraphs count as part of their node.
+their predecessors, a layer of more than MAX_ROW nodes wrapped onto several rows. Only the main graph is compared; subgraphs count as part of their node.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Any
 import onnx
 
 MAX_NODES = 48  # per side; a larger change shows its first nodes in graph order
+MAX_ROW = 4  # boxes side by side
 
 
 def _key(node: onnx.NodeProto, weights: set[str]) -> tuple:
@@ -107,7 +108,9 @@ def _layers(n: int, edges: list) -> list[list[int]]:
             1, sum(1 for p in preds[i] if p in pos)) if any(p in pos for p in preds[i]) else i, i))
         for k, i in enumerate(row):
             pos[i] = k - (len(row) - 1) / 2
-    return rows
+    # a wide layer wraps onto several rows (no edge joins two nodes of one layer), so the
+    # drawing stays narrow enough to read at half a page's width
+    return [row[k:k + MAX_ROW] for row in rows for k in range(0, len(row), MAX_ROW)]
 
 
 def _clip(s: str, n: int) -> str:

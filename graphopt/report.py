@@ -17,7 +17,6 @@ FLOPs by op type before and after.
 
 from __future__ import annotations
 
-import datetime as _dt
 import html
 import json
 import logging
@@ -308,7 +307,7 @@ h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 8px;border-bott
 padding-bottom:4px}.meta{color:#666;margin:0 0 12px}code{background:#f4f4f4;padding:1px 4px;border-radius:3px}
 table{border-collapse:collapse;margin:6px 0 10px;width:100%}th,td{padding:4px 8px;border-bottom:1px solid #eee;
 text-align:right;vertical-align:top;white-space:nowrap;overflow-wrap:normal}th{background:#fafafa;font-weight:600}
-td.l,th.l{text-align:left}td.wrap{white-space:normal;min-width:9em}
+td.l,th.l{text-align:left}td.wrap{white-space:normal;min-width:14em}
 td.stats{text-align:left;font-size:12px;color:#555;white-space:normal;overflow-wrap:anywhere;min-width:14em;width:40%}
 .cards{display:flex;flex-wrap:wrap;gap:10px}.card{border:1px solid #e3e3e3;border-radius:6px;padding:8px 14px;
 min-width:150px;flex:1 1 150px}.card .k{color:#666;font-size:12px}.card .v{font-size:18px;font-weight:600}
@@ -473,6 +472,10 @@ def _profile_side_by_side(pin: dict | None, pout: dict | None) -> str:
     note = "inputs " + ", ".join(f"<code>{_e(k)} {_e('x'.join(map(str, v)))}</code>" for k, v in shapes.items())
     if threads:
         note += f"; onnxruntime CPU, {threads} intra-op thread(s)"
+    runs = (first(pin).get("latency") or {}).get("runs") or (first(pout).get("latency") or {}).get("runs")
+    if runs:
+        note += (f"; latency here: each saved file on its own, {runs} runs (a separate measurement "
+                 "from the per-stage latency of the summary and the chart)")
     note += ("; measured memory is the peak resident set of a fresh process running the session, "
              "above the interpreter's baseline")
     return (_table(["", "input", "output", "change"], rows, table_id="profiles")

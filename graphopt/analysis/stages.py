@@ -34,8 +34,8 @@ class StageProfiler(Instrument):
     """Measure cost (and latency) of the model before the pipeline and after each change."""
 
     def __init__(self, input_shapes: Mapping[str, Sequence[int]] | None = None, *,
-                 latency: bool = True, threads: int | None = None, warmup: int = 2,
-                 runs: int = 10, progress: Callable[[str], None] | None = None) -> None:
+                 latency: bool = True, threads: int | None = None, warmup: int = 5,
+                 runs: int = 20, progress: Callable[[str], None] | None = None) -> None:
         self.input_shapes = dict(input_shapes or {})
         self.latency = latency
         self.threads = threads

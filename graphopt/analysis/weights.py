@@ -66,10 +66,9 @@ class WeightCount(Instrument):
     def before_pass(self, p: Pass, model: Model, ctx: PassContext) -> None:
         self._pass_before = weight_bytes(model)
 
-    def after_pass(self, p: Pass, model: Model, ctx: PassContext, record: PassRecord) -> None:
+    def after_pass(self, p: Pass, model: Model, ctx: PassContext, record: PassRecord) -> None:  # noqa: D102
         record.bytes_before = self._pass_before
         record.bytes_after = weight_bytes(model)
-        return None
 
     def after_pipeline(self, model: Model, ctx: PassContext, report: Report) -> None:
         report.bytes_before = self._pipeline_before
