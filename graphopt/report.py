@@ -790,13 +790,21 @@ def report_for_run(
     out_path: str | os.PathLike, report: Report, *, input_path: str, output_path: str, spec: str,
     input_shapes=None, progress=None, runs: int = 20, measure_memory: bool = True, ctx=None,
 ) -> str:
-    """Profile the input and output models of a run and write the report (HTML or JSON)."""
+    """Profile the input and output models of a run and write the report (HTML or JSON):
+    the run's document (graphopt.schema) with profiles, the changed region of the graph,
+    hints (when the run's instruments left none) and notes."""
     from .analysis.hints import fusion_hints
     from .graphview import graph_diff
     from .schema import plain
 
     before, after = _load_structure(input_path), _load_structure(output_path)
     unbound = unbound_inputs_note(before, input_shapes) if before is not None else ""
+    graph = hints = None
+    if before is not None and after is not None:
+        graph = plain(graph_diff(before, after))
+        if "hints" not in report.extra:  # FusionHints did not run (it knows the context)
+            hints = fusion_hints(after, ctx, {r.name for r in report.records})
+    del before, after  # the profiles load the models again, with their external data
     p_in = p_out = None
     notes = []
     if unbound:
@@ -810,8 +818,7 @@ def report_for_run(
     data = build_report(report, input_profile=p_in, output_profile=p_out, spec=spec,
                         input_path=input_path, output_path=output_path)
     data["notes"] = notes
-    if before is not None and after is not None:
-        data["graph"] = plain(graph_diff(before, after))
-        if not data.get("hints"):
-            data["hints"] = fusion_hints(after, ctx, {r.name for r in report.records})
+    data["graph"] = graph
+    if hints is not None:
+        data["hints"] = hints
     return write_report(out_path, data)

@@ -338,3 +338,11 @@ def test_cli_reports_fit_the_window(cli_reports, tmp_path, size):
         assert int(attrs["data-viewport"]) == size[0], attrs
         assert attrs["data-overflow"] == "none", (name, size, attrs)
     assert int(_rendered(cli_reports["digits"], tmp_path, size)["data-graphs"]) == 2
+
+
+def test_report_keeps_the_runs_hints_for_another_target(tmp_path):
+    """--target ort: Conv+Relu fused, and the report must not advise --target ort."""
+    rc = cli_main([str(DIGITS), "-p", "clean,fuse", "--target", "ort", "-o", str(tmp_path / "o.onnx"),
+                   "-q", "--no-verify", "--report", str(tmp_path / "r.json")])
+    assert rc == 0
+    assert json.loads((tmp_path / "r.json").read_text())["hints"] == []

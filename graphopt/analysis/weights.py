@@ -66,7 +66,7 @@ class WeightCount(Instrument):
     def before_pass(self, p: Pass, model: Model, ctx: PassContext) -> None:
         self._pass_before = weight_bytes(model)
 
-    def after_pass(self, p: Pass, model: Model, ctx: PassContext, record: PassRecord) -> None:  # noqa: D102
+    def after_pass(self, p: Pass, model: Model, ctx: PassContext, record: PassRecord) -> None:
         record.bytes_before = self._pass_before
         record.bytes_after = weight_bytes(model)
 
