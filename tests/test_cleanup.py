@@ -432,3 +432,19 @@ def test_value_kind_from_types_and_schemas():
     assert kinds["optional_has_elem"] == "tensor"  # schema: tensor(bool)
     assert kinds["sequence"] == "optional"         # If output from its branch
     assert kinds["Seq_empty"] == "sequence" and kinds["out"] == "tensor"
+
+
+def test_why_not_replace_refuses_a_tensor_for_a_sequence_and_outer_values_for_branch_outputs():
+    from graphopt.ir import Model, why_not_replace
+
+    nodes = [oh.make_node("Relu", ["x"], ["r"]), oh.make_node("SequenceConstruct", ["r"], ["s"]),
+             oh.make_node("SequenceAt", ["s", "i"], ["t"])]
+    m = _model(nodes, [_vi("x", [2]), _vi("i", [], TensorProto.INT64)],
+               [_vi("t", [2]), oh.make_tensor_sequence_value_info("s", F, [2])])
+    g = Model.from_onnx(m).graph
+    r, s, t = (n.outputs[0] for n in g.nodes)
+    assert "sequence" in why_not_replace(s, r, g)
+    # `t` is a graph output: `r` (produced by a node of this graph) may take its name...
+    assert why_not_replace(t, r, g) is None
+    # ...a graph input may not
+    assert "cannot take its name" in why_not_replace(t, g.inputs[0], g)
