@@ -1,7 +1,7 @@
 """Benchmark of passes `quant` and `fp16` against onnxruntime.quantization and
 onnxconverter-common's float16, side by side in one run.
 
-    /tmp/venv/bin/python benchmarks/bench_quant.py [--quick] [--runs 30] [--models resnet50,bert]
+    python benchmarks/bench_quant.py [--quick] [--runs 30] [--models resnet50,bert]
 
 Models: ResNet-50, MobileNetV2, MobileNetV3-small (HardSwish) and a BERT-base style
 encoder from graphopt.testing.archs (random weights), the digits CNN shipped in models/
@@ -402,7 +402,7 @@ def main() -> None:
                                          "machine." if max(load_start[0], os.getloadavg()[0]) > 1.5 else "idle."),
         "",
         "Speedup is the median over rounds of FP32 latency / variant latency in the same round. Error: max relative L2 of the "
-        "outputs vs FP32 on held-out inputs. Reproduce: `/tmp/venv/bin/python benchmarks/bench_quant.py"
+        "outputs vs FP32 on held-out inputs. Reproduce (pip install -e '.[test,bench]'): `python benchmarks/bench_quant.py"
         + (" --quick" if args.quick else "") + "`.",
         "",
         "| model | variant | speedup | latency ms | size MB | rel. L2 error | notes |",

@@ -302,7 +302,7 @@ class Quantize(Pass):
 
         tried = []
         best = None  # (label, q, skip, Speedup, why)
-        regions = builder.regions(skip)
+        regions = builder.regions(skip, feeds[0])
         for label, cfg_skip, why in self._cost_configs(builder, skip, regions):
             cand, sess = q, None
             if cfg_skip != skip:  # (q itself was validated before)
@@ -730,7 +730,7 @@ class _Builder:
         return sorted(names)
 
     # -- regions (issue 16) ---------------------------------------------------------
-    def regions(self, skip: set[str]) -> list["Region"]:
+    def regions(self, skip: set[str], feed: dict | None = None) -> list["Region"]:
         """The quantized nodes (candidates not in `skip`) grouped into regions: chains that
         stay INT8 between the quantize at their entry and the dequantize at their exit. Two
         nodes share a region when one's quantized output is the other's quantized input and
@@ -738,8 +738,23 @@ class _Builder:
         and is a region alone.
         Each region carries what a cost estimate needs: MACs of its convolutions/matmuls
         (dense and depthwise) and the number of elements quantized at entry and
-        dequantized at exit, from onnx shape inference (unknown dims count as 1)."""
-        proto = onnx.shape_inference.infer_shapes(self.proto)
+        dequantized at exit, from onnx shape inference with the graph inputs' symbolic dims
+        taken from `feed` (dims still unknown count as 1)."""
+        proto = onnx.ModelProto()
+        proto.CopyFrom(self.proto)
+        for vi in proto.graph.input:  # symbolic dims (batch, image size) from the sample fed
+            if feed is not None and vi.name in feed and vi.type.tensor_type.HasField("shape"):
+                shape = np.shape(feed[vi.name])
+                dims = vi.type.tensor_type.shape.dim
+                if len(dims) == len(shape):
+                    for d, v in zip(dims, shape):
+                        d.Clear()
+                        d.dim_value = int(v)
+        del proto.graph.value_info[:]
+        try:
+            proto = onnx.shape_inference.infer_shapes(proto)
+        except Exception as e:  # estimates only: unknown sizes count as 1
+            log.debug("quant: shape inference for the region estimate failed: %s", e)
         elems: dict[str, int] = {}
         for vi in list(proto.graph.value_info) + list(proto.graph.input) + list(proto.graph.output):
             dims = vi.type.tensor_type.shape.dim
