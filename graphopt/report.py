@@ -3,16 +3,19 @@
     data = build_report(report, input_profile=p_in, output_profile=p_out, spec="clean,fuse")
     write_report("report.html", data)        # or "report.json"
 
-The HTML page has no external resources (inline CSS and SVG charts drawn here; no
-scripts from a CDN), so it can be opened offline or attached to a CI run. It shows the
-pipeline (per-pass nodes, weight size, time), the verification results the verify
-instrument left in each `PassRecord.extra["verify"]` (the document's `passes[i].verify`; null
-when verification was off),
-the input and output profiles side by side, and charts: nodes, weights and latency per
-stage (stage latency needs `graphopt.analysis.stages.StageProfiler`), verification error
-against tolerance, per-layer error of lossy passes (when a pass reports
-``stats["per_layer_error"]`` or ``extra["verify"]["per_layer"]`` as {layer: error}), and
-FLOPs by op type before and after.
+The data is the run's `graphopt.run/1` document (graphopt.schema, docs/json.md) with the
+report's parts filled in. The HTML page has no external resources (inline CSS and SVG drawn
+here; no scripts from a CDN), so it opens offline or attached to a CI run. What a reader sees
+first: summary cards (nodes, weights, MACs, latency p50 with its p90 and the number of runs,
+verification), hints (fusions an option would enable), the passes that changed the model
+(the unchanged ones folded into one "N passes unchanged" line), and a before/after drawing of
+the changed region of the graph (graphopt.graphview). Then verification details with
+per-layer errors of lossy passes (``stats["per_layer_error"]``, relative L2 per layer, in %),
+the input and output profiles side by side, charts per stage (nodes, weights, latency p50 with
+a p90 whisker, MACs) and FLOPs by op type, and notes (each once). Every chart is drawn in a
+fixed viewBox and scaled by CSS to its container; tables stack into label/value rows on a
+narrow screen. The page writes its own layout check onto <body> (data-rendered,
+data-overflow: anything wider than the window), which tests read in headless chromium.
 """
 
 from __future__ import annotations

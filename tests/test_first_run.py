@@ -177,3 +177,18 @@ def test_json_and_json_report_share_one_versioned_schema(tmp_path, capsys):
     text = (ROOT / "docs" / "json.md").read_text()
     for key in printed:
         assert f"`{key}`" in text, key
+
+
+def test_hardswish_hint_only_for_x_times_hardsigmoid_of_x():
+    from graphopt.analysis.hints import fusion_hints
+
+    def model(same_input: bool):
+        hs = helper.make_node("HardSigmoid", ["x" if same_input else "y"], ["h"], alpha=1 / 6)
+        mul = helper.make_node("Mul", ["x", "h"], ["z"])
+        vi = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [4]) for n in ("x", "y")]
+        g = helper.make_graph([hs, mul], "g", vi, [helper.make_tensor_value_info("z", TensorProto.FLOAT, [4])])
+        return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+
+    hints = fusion_hints(model(True))
+    assert len(hints) == 1 and "HardSwish needs opset 14" in hints[0]
+    assert fusion_hints(model(False)) == []  # a squeeze-excite gate is no HardSwish

@@ -64,15 +64,38 @@ def fusion_hints(model, ctx=None, ran: set[str] | None = None) -> list[str]:
             hints.append(f"{what} needs opset {need}; the model is opset {opset}: add "
                          f"--allow-opset-upgrade to let graphopt convert it{extra}")
 
-    if did("fuse-layernorm") and opset < 17 and ops["ReduceMean"] and ops["Sqrt"]:
-        n = min(ops["ReduceMean"] // 2, ops["Sqrt"]) or 1
-        opset_hint(f"{n} LayerNorm subgraph(s) (ReduceMean/Sqrt) left unfused: LayerNormalization",
-                   17)
+    producer: dict[str, tuple[str, list[str]]] = {}
+    for op, ins, outs in nodes:
+        for t in outs:
+            producer[t] = (op, ins)
+
+    def made_by(t: str, op: str) -> list[str] | None:
+        """The inputs of the node of type `op` producing `t`, else None."""
+        p = producer.get(t)
+        return p[1] if p and p[0] == op else None
+
+    def is_layernorm_div(ins: list[str]) -> bool:
+        # (x - mean) / Sqrt(ReduceMean(...) + eps): the exporters' LayerNorm
+        sq = made_by(ins[1], "Sqrt") if len(ins) == 2 else None
+        add = made_by(sq[0], "Add") if sq else None
+        return bool(add) and any(made_by(t, "ReduceMean") is not None for t in add)
+
+    def is_hardswish_mul(ins: list[str]) -> bool:
+        if len(ins) != 2:
+            return False
+        return any((made_by(b, "HardSigmoid") or [None])[0] == a for a, b in (ins, ins[::-1]))
+
+    if did("fuse-layernorm") and opset < 17:
+        n = sum(1 for op, ins, _ in nodes if op == "Div" and is_layernorm_div(ins))
+        if n:
+            opset_hint(f"{n} LayerNorm subgraph(s) (ReduceMean/Sqrt) left unfused: LayerNormalization", 17)
     if did("fuse-gelu") and ops["Erf"] and target != "ort" and opset < 20:
         opset_hint(f"{ops['Erf']} GELU subgraph(s) (Erf form) left unfused: Gelu", 20,
                    "; or --target ort for onnxruntime's com.microsoft Gelu")
-    if did("fuse-hardswish") and opset < 14 and ops["HardSigmoid"] and ops["Mul"]:
-        opset_hint("HardSigmoid*x left unfused: HardSwish", 14)
+    if did("fuse-hardswish") and opset < 14:
+        n = sum(1 for op, ins, _ in nodes if op == "Mul" and is_hardswish_mul(ins))
+        if n:
+            opset_hint(f"{n} x*HardSigmoid(x) left unfused: HardSwish", 14)
     if target != "ort":
         pairs = sum(1 for op, _, outs in nodes if op in ("Conv", "Gemm") and outs
                     and consumers[outs[0]] == 1 and by_input.get(outs[0]) in ORT_ACTIVATIONS)
