@@ -534,8 +534,13 @@ def _graph_section(g: dict | None) -> str:
 
     def what(side: dict, verb: str) -> str:
         n = side["changed"]
-        shown = f" (first {side['shown']} drawn)" if side["shown"] < n else ""
-        return f"{n} of {side['total']} node(s) {verb}{shown}"
+        drawable = side.get("drawn_changed", n)
+        notes = []
+        if drawable < n:
+            notes.append(f"{n - drawable} computing only from weights")
+        if side["shown"] < drawable:
+            notes.append(f"the first {side['shown']} of the rest drawn")
+        return f"{n} of {side['total']} node(s) {verb}" + (f" ({'; '.join(notes)})" if notes else "")
 
     parts = ['<section id="graph"><h2>What changed in the graph</h2>',
              f'<p class="muted">Before: {_e(what(b, "removed or rewritten"))}, in red. After: '
