@@ -484,7 +484,6 @@ def _attr_key(v):
 def _cse(graph: gs.Graph) -> int:
     sort_nodes(graph)
     seen: dict[tuple, gs.Node] = {}
-    out_ids = {id(t) for t in graph.outputs}
     merged = 0
     for node in graph.nodes:
         if node.op in RANDOM_OPS or subgraphs_of(node) or not node.outputs:

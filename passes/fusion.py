@@ -23,8 +23,8 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphopt import Model, Option, Pass, PassContext, PassResult, register_group, register_pass
-from graphopt.ir import (const_value, fresh_namer, iter_graphs, iter_nodes, observed_names, outer_names_used,
-                         remove_dead_nodes, subgraphs_of, why_not_replace)
+from graphopt.ir import (const_value, fresh_namer, iter_graphs, iter_nodes, observed_names, remove_dead_nodes,
+                         why_not_replace)
 
 log = logging.getLogger(__name__)
 
