@@ -95,8 +95,9 @@ def test_output_json_and_quiet(model_file, tmp_path, capsys):
     out = tmp_path / "o.onnx"
     assert main([str(model_file), "-p", "dce", "-o", str(out), "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
-    assert data["output"] == str(out) and data["nodes_before"] == 3 and data["nodes_after"] == 2
-    assert data["records"][0]["name"] == "dce"
+    assert data["output"] == str(out) and data["summary"]["nodes_before"] == 3 \
+        and data["summary"]["nodes_after"] == 2
+    assert data["schema"].startswith("graphopt.run/") and data["passes"][0]["name"] == "dce"
     assert main([str(model_file), "-p", "clean", "-o", str(out), "-q"]) == 0
     cap = capsys.readouterr()
     assert cap.out == "" and cap.err == ""
