@@ -348,8 +348,9 @@ def compare(
             return _rejected(result, ra, str(e), t0)
         log.warning("verification skipped: %s", e)
         return _done(CompareResult(ok=True, contract=contract, skipped=True, reason=str(e)), t0)
-    if ra.backend == "onnxruntime" and rb.backend != "onnxruntime":
-        # never judged by the fallback: a model that stopped loading is broken
+    if ra.backend == "onnxruntime" and rb.backend == "onnx-reference":
+        # never judged by the fallback: a model that stopped loading is broken (a runner
+        # given by the caller for another runtime, TVM or OpenVINO say, is judged as usual)
         return _rejected(result, ra, rb.note, t0)
     result.backend = ra.backend if ra.backend == rb.backend else f"{ra.backend} vs {rb.backend}"
     result.notes = [n for n in (ra.note, rb.note) if n]
