@@ -53,6 +53,7 @@ sys.path.insert(0, str(HERE))
 import graphopt  # noqa: E402
 from graphopt.verify import compare  # noqa: E402
 from graphopt.verify.compare import make_space  # noqa: E402
+from graphopt.verify.contracts import DEFAULT_RTOL, FLOAT_ATOL  # noqa: E402
 from graphopt.verify.noise import NOISE_FACTOR  # noqa: E402
 from graphopt.verify.runner import InvalidInput, Runner  # noqa: E402
 
@@ -378,8 +379,8 @@ def write_results(args, models, mutant_rows, legit_rows, seconds: float) -> None
              + (f" --models {args.models}" if args.models else "") + (" --no-graphopt" if args.no_graphopt else "")
              + "`", "",
              f"CPU: {cpu_name()}; {len(models)} models; {seconds:.0f} s in all. Verifier: graphopt.verify.compare, "
-             f"float contract at its defaults (rtol 1e-6, atol 1e-6, then {NOISE_FACTOR:g}x the input's one-ulp "
-             "float noise), no shrinking. Change = per example and output max|a-b| / max|a|, the largest "
+             f"float contract at its defaults (rtol {DEFAULT_RTOL:g}, atol {FLOAT_ATOL:g}, then {NOISE_FACTOR:g}x "
+             "the input's one-ulp float noise), no shrinking. Change = per example and output max|a-b| / max|a|, the largest "
              "over the drawn examples and outputs, saturated examples (output magnitude below 1e-6 of its largest "
              "over the examples) left out.",
              "", "## Mutants by measured output change", ""]
