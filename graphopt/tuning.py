@@ -115,6 +115,7 @@ def tuned_build(mod, ttarget, trials: int, cache, share: float, progress, *, rem
             progress(f"tuning {len(todo)} tasks with MetaSchedule ({trials} trials"
                      f"{', measured on ' + remote.where if remote is not None else ''})")
         errors = FailureLog()
+        _name_handlers(logging.getLogger("tvm.s_tir.meta_schedule"))
         with quiet_tvm():
             contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
                 todo, work_dir=str(folder), seed=0)
@@ -141,6 +142,16 @@ def tuned_build(mod, ttarget, trials: int, cache, share: float, progress, *, rem
     with quiet_tvm():
         ex = ms.relax_integration.compile_relax(database, mod, ttarget, None)
     return ex, info
+
+
+def _name_handlers(logger: logging.Logger) -> None:
+    """MetaSchedule rebuilds its logging config from the names of the handlers on its
+    logger and fails ('NoneType' object has no attribute 'format') on an unnamed one, which
+    was seen on a later tuning run in the same process: drop those (its own are named)."""
+    for h in list(logger.handlers):
+        if h.get_name() is None:
+            log.debug("removing an unnamed handler %r from %s", h, logger.name)
+            logger.removeHandler(h)
 
 
 class FailureLog:
