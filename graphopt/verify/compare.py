@@ -55,6 +55,7 @@ class CompareResult:
     seconds: float = 0.0
     model_runs: int = 0                 # inference runs this check cost (cached ones excluded)
     runs_ahead: int = 0                 # of those, reference runs made before the check started
+    noise_runs: int = 0                 # runs of the weight-perturbed model (float noise floors)
     # reusable by the caller (the instrument keeps them for the next check)
     runner_a: Runner | None = field(default=None, repr=False)
     runner_b: Runner | None = field(default=None, repr=False)
@@ -111,6 +112,8 @@ class CompareResult:
         }
         if self.runs_ahead:
             d["runs_ahead"] = self.runs_ahead
+        if self.noise_runs:
+            d["noise_runs"] = self.noise_runs
         if self.worst is not None:
             d.update(worst_output=self.worst.name, measure=self.worst.measure,
                      error=self.worst.error, tolerance=self.worst.tolerance)
@@ -368,6 +371,7 @@ def compare(
         noise = NoiseSource(model_a, ra, threads=threads)
     checker = _Checker(ra, rb, names, contract, noise=noise)
     result.noise = noise
+    result._noise0 = noise.runs if noise is not None else 0  # type: ignore[attr-defined]
 
     # 1. real samples first
     for sample in (samples or [])[:examples]:
@@ -432,6 +436,8 @@ def compare(
 
 def _done(result: CompareResult, t0: float) -> CompareResult:
     result.seconds = time.perf_counter() - t0
+    if result.noise is not None:
+        result.noise_runs = result.noise.runs - getattr(result, "_noise0", 0)
     if result.runner_a is not None and result.runner_b is not None:
         runs = result.runner_a.runs + (result.runner_b.runs if result.runner_b is not result.runner_a else 0)
         result.model_runs = runs - getattr(result, "_runs0", 0)
