@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 import sys
 import time
 from pathlib import Path
@@ -233,6 +234,8 @@ def distill_table(task: str, runs: int) -> list[str]:
         teacher = Path(tmp) / "teacher.onnx"
         start = graphopt.optimize(base, pre.rstrip(","), verify=False) if pre else base
         onnx.save(start, teacher)
+        if pre:
+            rows.append((pre.rstrip(","), start, None, None))  # the unpruned baseline of the prune rows
         for spec in specs:
             t0 = time.perf_counter()
             pruned = graphopt.optimize(start, spec, samples=samples, verify=False)
@@ -244,7 +247,7 @@ def distill_table(task: str, runs: int) -> list[str]:
             rows.append((f"{pre}{spec},distill", distilled, t2 - t1, rep.records[-1].stats))
     from graphopt.passes.distill.train import free_batch
 
-    sessions = [ort_session(free_batch(m)) for _, m, _, _ in rows]
+    sessions = [ort_session(free_batch(m), threads=1) for _, m, _, _ in rows]
     ms1 = interleaved_medians(sessions, {name: x[:1]}, runs)
     msb = interleaved_medians(sessions, {name: x[:32]}, max(runs // 4, 10))
     out = [f"### {task}: {what}", "",
@@ -281,7 +284,7 @@ def sparsify_table(runs: int) -> list[str]:
             rows.append((f"sparsify(ratio={r})", sp))
             rows.append((f"sparsify(ratio={r}),distill", graphopt.optimize(
                 sp, f"distill(teacher={teacher})", samples=[{"input": train}], verify=False)))
-    sessions = [ort_session(free_batch(m)) for _, m in rows]
+    sessions = [ort_session(free_batch(m), threads=1) for _, m in rows]
     ms = interleaved_medians(sessions, {"input": x[:32]}, runs)
     out = ["### sparsify: digits CNN, 297 held-out test images; distill on 1,500 unlabelled training images", "",
            "| pipeline | accuracy | zeros in Conv/Gemm weights | model bytes | zipped bytes (zlib -6) | latency ms batch 32 | speedup |",
@@ -313,15 +316,25 @@ def main() -> None:
         import torch
 
         lines = ["# `prune` + `distill` on real trained models: held-out accuracy and onnxruntime latency", "",
-                 f"CPU: {cpu_name()}; onnxruntime {ort.__version__}, 2 intra-op threads, allow_spinning=0, batch 1, "
-                 f"interleaved runs, median of {args.runs}; torch {torch.__version__} (1 thread) for distill. "
-                 "Default options of both passes (prune's widths: multiples of onnxruntime's NCHWc block on this "
-                 f"CPU, {_block()}; `round_to=1` = exact ratios). The teacher is the model before prune. "
-                 f"Reproduce: `python benchmarks/bench_prune.py --distill {args.distill}`.", ""]
-        for task in args.distill.split(","):
-            lines += distill_table(task, args.runs)
+                 f"CPU: {cpu_name()} (load average {os.getloadavg()[0]:.0f} when run: a busy shared machine); "
+                 f"onnxruntime {ort.__version__}, 1 intra-op thread (2-thread timings of these sub-millisecond models "
+                 "were bimodal on the busy machine; 1 thread gave stable ratios), allow_spinning=0, interleaved "
+                 "runs, median of "
+                 f"{args.runs} (batch 1) / {max(args.runs // 4, 10)} (batch 32); torch {torch.__version__} (1 thread) "
+                 "for distill. Default options of both passes (prune's widths: multiples of onnxruntime's NCHWc "
+                 f"block on this CPU, {_block()}; `round_to=1` = exact ratios). The teacher is the model before "
+                 "prune. Accuracy: onnxruntime on the held-out labelled set.", ""]
         path = HERE / "results" / "prune_distill.md"
-        path.write_text("\n".join(lines) + "\n")
+        # keep the sections of tasks not rerun now
+        old = path.read_text().split("\n### ") if path.exists() else []
+        sections = {sec.split(":", 1)[0]: "### " + sec.rstrip("\n") + "\n" for sec in old[1:]}
+        for task in args.distill.split(","):
+            sections[task] = "\n".join(distill_table(task, args.runs))
+        order = ["digits", "ocr", "sparsify"]
+        body = [sections[k] for k in sorted(sections, key=lambda k: order.index(k) if k in order else 9)]
+        lines += ["Reproduce: `python benchmarks/bench_prune.py --distill digits,ocr,sparsify` (each table "
+                  "can be rerun alone; the others are kept).", ""]
+        path.write_text("\n".join(lines) + "\n" + "\n".join(body))
         print(f"wrote {path}")
         return
     ratios = [float(r) for r in args.ratios.split(",")]
