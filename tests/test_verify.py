@@ -964,3 +964,26 @@ def test_a_model_with_nothing_to_perturb_is_judged_without_a_floor_and_says_so()
     res = compare(model(False), model(True), "float", samples=[feeds], examples=1)
     assert res.ok and 1e-6 < res.worst.error / res.worst.scale < 1e-4, res.summary
     assert any("fixed rtol 0.0001" in n and "16+ values" in n for n in res.notes), res.notes
+
+
+def test_another_runtimes_runner_is_judged_at_the_fixed_rtol_with_a_note():
+    """A caller's runner for another runtime (TVM, OpenVINO): different kernels, so the
+    few-ulp bound of one-runtime rewrites does not apply (codegen passes no rtol)."""
+    from graphopt.verify.runner import Runner
+
+    m = conv_model()
+
+    class OtherRuntime:
+        backend, note, runs = "other", "", 0
+
+        def __init__(self):
+            self.inner = Runner(m)
+
+        def run(self, feeds, cache=True):
+            outs = self.inner.run(feeds, cache=cache)
+            return [o * np.float32(1 + 2e-5) for o in outs]   # kernels that round differently
+
+    res = compare(m, m, "float", runner_b=OtherRuntime(), shrink_seconds=0)
+    assert res.ok and res.contract.rtol == 1e-4 and any("other vs onnxruntime" in n for n in res.notes), res.summary
+    res = compare(m, m, "float", rtol=1e-6, runner_b=OtherRuntime(), shrink_seconds=0)   # chosen: kept
+    assert not res.ok, res.summary
