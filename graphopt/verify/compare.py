@@ -357,7 +357,7 @@ def compare(
         # given by the caller for another runtime, TVM or OpenVINO say, is judged as usual)
         return _rejected(result, ra, rb.note, t0)
     result.backend = ra.backend if ra.backend == rb.backend else f"{ra.backend} vs {rb.backend}"
-    result.notes = [n for n in (ra.note, rb.note) if n]
+    result.notes = list(dict.fromkeys(n for n in (ra.note, rb.note) if n))   # once when both say it
     if rb.backend not in ("onnxruntime", "onnx-reference") and contract.kind == "float" and not chosen_rtol:
         # Another runtime's kernels (TVM, a caller's runner): the noise calibration is for
         # rewrites judged on one runtime; across runtimes the fixed rtol of old is the bound
