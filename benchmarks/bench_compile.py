@@ -23,6 +23,13 @@ Part 2, latency on this machine (batch 1; digits_cnn batch 32), all timings inte
   in --cache);
 TVM runs with TVM_NUM_THREADS=2. Every TVM build is checked against onnxruntime first.
 Results go to benchmarks/results/compile.md (rewritten after each model).
+
+Part 3, on the device (--device HOST:PORT, a TVM RPC server such as the emulated aarch64
+board of tools/emulated-aarch64.sh; --device-only updates just that section of --out):
+each model of --device-models is compiled for --device-target, uploaded, checked on the
+device against onnxruntime on this machine (float contract, the worst error is shown) and
+timed there with TVM's time evaluator. Times from an emulated board are qemu's, not a
+board's: they are shown to size the check, never to compare schedules.
 """
 
 from __future__ import annotations
@@ -195,10 +202,23 @@ def main() -> None:
     ap.add_argument("--skip-share", action="store_true")
     ap.add_argument("--cache", default=str(Path(os.environ.get("TMPDIR", "/tmp")) / "graphopt-bench-tune"))
     ap.add_argument("--out", default=str(HERE / "results" / "compile.md"))
+    ap.add_argument("--device", metavar="HOST:PORT", help="a TVM RPC server: part 3, on the device")
+    ap.add_argument("--device-only", action="store_true", help="run only part 3, update only its section")
+    ap.add_argument("--device-target", default="aarch64")
+    ap.add_argument("--device-models", default="digits_cnn,ppocr_cls,mobilenet_v2")
+    ap.add_argument("--device-examples", type=int, default=8)
     args = ap.parse_args()
     import tvm
 
     models = model_zoo()
+    if args.device_only:
+        if not args.device:
+            ap.error("--device-only needs --device HOST:PORT")
+        replace_section(args.out, DEVICE_HEADING,
+                        on_device(models, [n for n in args.device_models.split(",") if n], args.device,
+                                  args.device_target, args.device_examples))
+        print(Path(args.out).read_text())
+        return
     header = [
         "# `graphopt compile` (TVM) vs onnxruntime", "",
         f"CPU: {cpu_name()} ({os.cpu_count()} cores); TVM {tvm.__version__}; host target "
@@ -226,7 +246,63 @@ def main() -> None:
             "## Latency", "",
             "Medians of interleaved runs; TVM_NUM_THREADS=2; every TVM build was checked against "
             "onnxruntime (float contract) before timing.", "", table, ""])
+    if args.device:
+        replace_section(args.out, DEVICE_HEADING,
+                        on_device(models, [n for n in args.device_models.split(",") if n], args.device,
+                                  args.device_target, args.device_examples))
     print(Path(args.out).read_text())
+
+
+DEVICE_HEADING = "## On the device (TVM RPC)"
+
+
+def on_device(models, names: list[str], address: str, target: str, examples: int) -> list[str]:
+    import tempfile
+
+    from graphopt import device
+
+    host, port = device.parse_address(address, "--device")
+    remote = device.Remote(host, port, timeout=600)
+    rows = []
+    for name in names:
+        model, given = models[name]
+        print(f"device {name}", flush=True)
+        shapes = codegen.static_input_shapes(model, given)
+        shape = "; ".join("x".join(map(str, v)) for v in shapes.values())
+        with tempfile.TemporaryDirectory() as tmp:
+            t0 = time.perf_counter()
+            try:
+                r = codegen.compile_model(model, target, Path(tmp) / f"{name}.so", input_shapes=given,
+                                          examples=examples, remote=remote, verify_passes=False)
+            except Exception as e:  # noqa: BLE001 - a row, not a crash
+                rows.append([f"{name} {shape}", "fails", first_line(e)[:120], "", ""])
+                continue
+            took = time.perf_counter() - t0
+        check = r.verification.split("(float contract): ", 1)[-1].split(" [", 1)[0]
+        lat = r.device["latency"]
+        rows.append([f"{name} {shape}", r.verified, check,
+                     f"{lat['median_ms']:.2f} (min {lat['min_ms']:.2f})",
+                     f"upload+load {r.device['upload_load_s']:.2f} s; compile+check {took:.0f} s"])
+    table = markdown_table(["model", "checked on", "outputs vs onnxruntime (float contract)",
+                            "device ms (emulated: not a speed)", "time"], rows)
+    return [DEVICE_HEADING, "",
+            f"`python benchmarks/bench_compile.py --device-only --device {address} --device-target {target} "
+            f"--device-models {','.join(names)}`; the device: {remote.where}, target `{target}`, "
+            f"{examples} drawn examples per model run on the device.", "", table, "",
+            "Device latencies here were measured under qemu-user (the emulated aarch64 board of "
+            "tools/emulated-aarch64.sh) on a busy 2-core x86 machine: they show the check ran, "
+            "and say nothing about a real board's speed; they are never used to rank schedules.", ""]
+
+
+def replace_section(path: str, heading: str, lines: list[str]) -> None:
+    text = Path(path).read_text() if Path(path).exists() else ""
+    if heading in text:
+        before, rest = text.split(heading, 1)
+        nxt = rest.find("\n## ")
+        after = rest[nxt + 1:] if nxt >= 0 else ""
+    else:
+        before, after = text.rstrip("\n") + "\n\n", ""
+    Path(path).write_text(before + "\n".join(lines) + "\n" + after)
 
 
 def write(path: str, lines: list[str]) -> None:

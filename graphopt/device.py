@@ -121,6 +121,7 @@ def call_with_timeout(fn: Callable[[], Any], seconds: float, what: str) -> Any:
     t.start()
     t.join(seconds)
     if t.is_alive():
+        _ABANDONED.append(t)
         raise GraphoptError(f"{what}: no answer within {seconds:g} s (is the device up? "
                             "raise the limit with --rpc-timeout)")
     if "error" in box:
@@ -130,6 +131,16 @@ def call_with_timeout(fn: Callable[[], Any], seconds: float, what: str) -> Any:
             raise GraphoptError(f"{what}: {e}") from None
         raise GraphoptError(f"{what}: {_explain(first_line(e))}") from None
     return box.get("value")
+
+
+_ABANDONED: list[threading.Thread] = []
+
+
+def abandoned_calls() -> bool:
+    """Whether a device call timed out and its thread is still blocked in TVM. Such a
+    thread that comes back while the interpreter shuts down aborts the process (C++
+    'terminate called'), so the CLI leaves with os._exit after flushing."""
+    return any(t.is_alive() for t in _ABANDONED)
 
 
 def _explain(msg: str) -> str:
@@ -203,6 +214,7 @@ class DeviceSession:
 
     def __init__(self, remote: Remote) -> None:
         self.remote = remote
+        self._runners: list[RemoteRunner] = []
         t0 = time.perf_counter()
         self.sess = open_session(remote)
         self.connect_seconds = time.perf_counter() - t0
@@ -224,11 +236,21 @@ class DeviceSession:
             return relax.VirtualMachine(lib, self.device)
 
         vm = self.call(upload, "upload and load the library")
-        return RemoteRunner(self, vm, input_names, output_names, time.perf_counter() - t0)
+        runner = RemoteRunner(self, vm, input_names, output_names, time.perf_counter() - t0)
+        self._runners.append(runner)
+        return runner
 
     def close(self) -> None:
+        """Drop every remote object, which ends the session: a server serves one session
+        at a time, and a traceback that kept a runner alive would block the next client."""
+        import gc
+
+        for r in self._runners:
+            r.vm = None
+        self._runners.clear()
         self.sess = None
         self.device = None
+        gc.collect()
 
     def __enter__(self) -> "DeviceSession":
         return self

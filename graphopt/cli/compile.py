@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     ranges = dict(options.parse_range(r) for r in args.input_range)
     samples = load_samples(args.samples) if args.samples else None
     output = args.output or default_output(args.model, args.target)
-    with progress_callback(quiet=args.quiet or args.json) as progress:
+    with progress_callback(quiet=args.quiet or args.json) as progress, _leave_if_abandoned():
         result = codegen.compile_model(
             args.model, args.target, output, spec=args.pipeline, input_shapes=shapes,
             input_ranges=ranges, samples=samples,
@@ -95,6 +95,26 @@ def _where(d: dict) -> str:
     if "tracker" in d:
         return f"key {d.get('key')} via tracker {d['tracker']}"
     return f"RPC server {d.get('rpc')}"
+
+
+class _leave_if_abandoned:
+    """A device call that timed out leaves a thread blocked in TVM; if it came back during
+    interpreter shutdown the process would abort. Print the one-line error and leave now."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        from ..device import abandoned_calls
+
+        if exc is not None and isinstance(exc, GraphoptError) and abandoned_calls():
+            import os
+
+            sys.stdout.flush()
+            sys.stderr.write(f"graphopt: error: {exc}\n")
+            sys.stderr.flush()
+            os._exit(2)
+        return False
 
 
 def print_targets(targets, as_json: bool = False) -> int:
