@@ -37,7 +37,7 @@ def exit_if_pruned(path: str) -> float:
 
 def sleep_if_pruned(path: str) -> float:
     if _pruned(path):
-        time.sleep(120)
+        time.sleep(600)
     return 1.0
 
 

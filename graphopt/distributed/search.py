@@ -258,11 +258,17 @@ def run_search(model: str, samples: list[dict], space_text: str, outdir: str, *,
                 refs = list(building) + list(measuring)
                 ready, _ = ray.wait(refs, num_returns=1, timeout=1.0)
                 now = time.monotonic()
+                builds_before = len(building)
                 for ref, (trial, data_ref, submitted) in list(building.items()):
                     if ref not in ready and now - submitted > trial_timeout:
                         ray.cancel(ref, force=True)
                         del building[ref]
                         fail(trial, f"timed out after {trial_timeout:g} s")
+                if len(building) < builds_before or any(r in building for r in ready):
+                    # a timing cannot start while a build holds its node: its clock starts
+                    # (again) when a build ends, so waiting behind a hung build is not its fault
+                    for r, (t, inf, d, _) in list(measuring.items()):
+                        measuring[r] = (t, inf, d, now)
                 # a timing waits for at most `workers` others on its node: the same limit
                 for ref, (trial, info, data_ref, submitted) in list(measuring.items()):
                     if ref not in ready and now - submitted > trial_timeout:
