@@ -18,9 +18,11 @@ Steps (`compile_model`):
 4. export: a shared library (host, or a cross target whose Debian cross toolchain is
    installed), else a tar of object files plus a note how to link it;
 5. verification: the host library is loaded back and checked against onnxruntime on the
-   original model with graphopt's property-based checker (float contract). A cross
-   artifact cannot run here (no TVM runtime for the target under qemu-user), so the same
-   Relax module is built for the host and that build is checked — the result says so.
+   original model with graphopt's property-based checker (float contract). With `remote`
+   (--rpc / --rpc-tracker, graphopt.device) the library is uploaded to the device, checked
+   and timed there, and tuning measures there. Otherwise a cross artifact cannot run here,
+   so the same Relax module is built for the host and that build is checked — the result
+   says so.
 
 Nothing is written unless every step succeeded; errors a user can cause (unknown target,
 TVM missing, an op TVM cannot import) are one-line `GraphoptError`s.
@@ -720,9 +722,6 @@ def _check(reference: onnx.ModelProto, optimized: onnx.ModelProto, runner: TVMRu
 
 
 def _emulation_note(target: Target) -> str:
-    qemu = shutil.which(target.qemu) if target.qemu else None
-    if qemu:
-        return (f"not run on {target.machine}: {target.qemu} is installed but no {target.machine} "
-                "TVM runtime is available to load the library under it")
-    return (f"not run on {target.machine}: no {target.qemu or 'emulator'} here "
-            f"(apt-get install qemu-user) and no {target.machine} TVM runtime")
+    hint = " (tools/emulated-aarch64.sh start, or a board)" if target.machine == "aarch64" else ""
+    return (f"not run on {target.machine}: give --rpc HOST:PORT, a TVM RPC server on the "
+            f"device{hint}, to check the library itself there")
