@@ -103,23 +103,9 @@ def run_verify(args: argparse.Namespace, budget: dict) -> int:
         samples=load_samples(args.samples) if args.samples else None, seed=args.seed,
         examples=args.verify_examples or 8, repro_dir=args.repro_dir,
     )
-    if args.json:
-        d = result.as_dict()
-        d["runtime"] = runtime
-        json.dump(d, sys.stdout, indent=2, default=str)
-        sys.stdout.write("\n")
-    elif not args.quiet or not result.ok:
-        for note in result.notes:
-            print(f"note: {note}")
-        if result.skipped:
-            print(f"not verified: {result.reason}")
-        elif result.ok:
-            print(f"equivalent in {runtime} ({result.contract.describe()}): {result.summary}")
-        else:
-            print(result.message(f"{runtime} model NOT equivalent"))
-    if result.skipped:
-        return 2
-    return 0 if result.ok else 1
+    from .verify import present_result
+
+    return present_result(args, result, runtime)
 
 
 # ------------------------------------------------------------------ graphopt profile --runtime

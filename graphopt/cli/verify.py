@@ -71,18 +71,28 @@ def run(args: argparse.Namespace) -> int:
     if not result.ok and not result.skipped:
         save_repro(args.repro_dir or unique_dir("graphopt-repro", "verify"), a, b, result,
                    title=f"graphopt verify {args.model_a} {args.model_b}")
+    return present_result(args, result)
+
+
+def present_result(args: argparse.Namespace, result, runtime: str | None = None) -> int:
+    """Print a comparison (text or --json) and return the exit code: 0 equivalent,
+    1 not equivalent, 2 not verified. `runtime` names the second model's runtime."""
     if args.json:
-        json.dump(result.as_dict(), sys.stdout, indent=2, default=str)
+        d = result.as_dict()
+        if runtime:
+            d["runtime"] = runtime
+        json.dump(d, sys.stdout, indent=2, default=str)
         sys.stdout.write("\n")
     elif not args.quiet or not result.ok:
         for note in result.notes:
             print(f"note: {note}")
+        where = f" in {runtime}" if runtime else ""
         if result.skipped:
             print(f"not verified: {result.reason}")
         elif result.ok:
-            print(f"equivalent ({result.contract.describe()}): {result.summary}")
+            print(f"equivalent{where} ({result.contract.describe()}): {result.summary}")
         else:
-            print(result.message("NOT equivalent"))
+            print(result.message(f"{runtime + ' model ' if runtime else ''}NOT equivalent"))
     if result.skipped:
         return 2
     return 0 if result.ok else 1

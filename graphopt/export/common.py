@@ -271,13 +271,7 @@ def time_interleaved(calls: dict[str, Callable[[], Any]], *, runs: int = 20, war
 def ort_timed_call(model: onnx.ModelProto | str, feeds: dict[str, np.ndarray], threads: int = 2) -> Callable[[], Any]:
     """onnxruntime with all graph optimizations, `threads` intra-op threads and spinning
     off (a spinning pool would steal the other runtime's cores in interleaved timing)."""
-    import onnxruntime as ort
+    from ..analysis.latency import make_session
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
-    sess = ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
+    sess = make_session(model, threads)
     return lambda: sess.run(None, feeds)
