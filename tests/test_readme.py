@@ -3,9 +3,14 @@ commands are the ones CI runs."""
 
 from __future__ import annotations
 
+import os
 import re
+import shlex
+import shutil
+import subprocess
 
 import numpy as np
+import onnx
 import pytest
 from onnx import TensorProto, helper
 
@@ -50,12 +55,106 @@ def test_readme_custom_pass_runs_verified(fresh_drop_op):
 
 
 def test_readme_quick_start_matches_ci():
+    """The two quick-start lines are what .ci/run runs (CI calls pip as `python -m pip`)."""
     ci = (REPO / ".ci" / "run").read_text()
     quick = re.search(r"## Quick start\s*```bash\n(.*?)```", README, re.S).group(1).splitlines()
-    install_and_run, tests = quick[0], quick[1]
-    assert "pip install ." in install_and_run and "graphopt models/" in install_and_run
-    assert "pip install \".[test,tvm]\"" in tests and "\".[test,tvm]\"" in ci
-    model = re.search(r"graphopt (models/\S+\.onnx) -p (\S+)", install_and_run)
-    assert (REPO / model.group(1)).exists()
-    assert f"graphopt {model.group(1)} -p {model.group(2)}" in ci
-    assert tests.endswith("pytest -q") and "\npytest -q" in ci
+    assert len(quick) == 2, quick
+    install_and_run, tests = quick
+    assert install_and_run.startswith("pip install . && graphopt models/")
+    run = re.search(r"graphopt (models/\S+\.onnx) -p (\S+) -o (/tmp/\S+)", install_and_run)
+    assert run and (REPO / run.group(1)).exists()
+    assert f"graphopt {run.group(1)} -p {run.group(2)} -o " in ci
+    assert tests == 'pip install ".[test,all]" "torch==2.13.0" && pytest -q'
+    assert 'pip install -q ".[test,all]" "torch==2.13.0"' in ci or '".[test,all]" "torch==2.13.0"' in ci
+    assert re.search(r"^pytest -q\b", ci, re.M)
+
+
+# --- Every `graphopt ...` command in the README's bash blocks runs (issue 17).
+# Rule: a command holding a word in capitals (MODEL, OUT, HOST:PORT, ...) is a template the
+# reader fills in, and is not run; the README says so above its command list. Every other
+# command must use only files shipped in this repository or paths under /tmp/, and runs
+# as written from the repository root, with /tmp/ replaced by a fresh directory. The
+# commands of one block run in order (a later one may read what an earlier one wrote).
+_PLACEHOLDER = re.compile(r"\b[A-Z][A-Z_]{2,}\b")
+
+
+def _bash_blocks(text: str) -> list[list[str]]:
+    blocks = []
+    for body in re.findall(r"```bash\n(.*?)```", text, re.S):
+        body = body.replace("\\\n", " ")
+        cmds = []
+        for line in body.splitlines():
+            for part in line.split("&&"):
+                part = part.split("  #")[0].strip()
+                if part.startswith("graphopt "):
+                    cmds.append(part)
+        if cmds:
+            blocks.append(cmds)
+    return blocks
+
+
+def _runnable(cmd: str) -> bool:
+    return not _PLACEHOLDER.search(cmd)
+
+
+BLOCKS = _bash_blocks(README)
+RUNNABLE = [[c for c in b if _runnable(c)] for b in BLOCKS]
+RUNNABLE = [b for b in RUNNABLE if b]
+
+
+def test_readme_command_rule_is_not_vacuous():
+    """Most commands run; the templates are few and visibly templates; runnable commands name
+    only shipped files or /tmp paths."""
+    every = [c for b in BLOCKS for c in b]
+    templates = [c for c in every if not _runnable(c)]
+    assert len(every) >= 10 and len(templates) <= 2, (every, templates)
+    assert all(_PLACEHOLDER.search(c) for c in templates)
+    quick = "graphopt models/digits_cnn.onnx -p clean,fuse -o /tmp/digits.opt.onnx"
+    assert any(quick in b for b in RUNNABLE)
+    for block in RUNNABLE:
+        for cmd in block:
+            for tok in shlex.split(cmd)[1:]:
+                if tok.startswith("-") or "=" in tok or "/" not in tok:
+                    continue
+                path = tok.split(":")[0]
+                assert path.startswith("/tmp/") or (REPO / path).exists(), (cmd, tok)
+
+
+@pytest.mark.parametrize("block", RUNNABLE, ids=[b[0][:60] for b in RUNNABLE])
+def test_readme_commands_run(block, tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    for cmd in block:
+        argv = [a.replace("/tmp/", f"{tmp_path}/") for a in shlex.split(cmd)]
+        argv[0] = shutil.which("graphopt") or argv[0]
+        proc = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, f"{cmd}\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+    assert any(tmp_path.iterdir()) or block == ["graphopt passes"]
+
+
+def test_readme_python_api_runs(tmp_path, monkeypatch):
+    """The Python API block runs as written (from the repository root, /tmp/ swapped)."""
+    m = re.search(r"## Python API\s*```python\n(.*?)```", README, re.S)
+    code = m.group(1).replace("/tmp/", f"{tmp_path}/")
+    monkeypatch.chdir(REPO)
+    exec(compile(code, "README.md", "exec"), {})
+    out = onnx.load(str(tmp_path / "digits.api.onnx"))
+    assert len(out.graph.node) < len(onnx.load(str(REPO / "models/digits_cnn.onnx")).graph.node)
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/guide.md"])
+def test_doc_links_point_to_existing_files(doc):
+    """Relative links (outside code blocks) name files that exist, and in-page anchors exist."""
+    def anchors(text):
+        return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-")
+                for h in re.findall(r"^#+ (.*)$", text, re.M)}
+
+    path = REPO / doc
+    text = re.sub(r"```.*?```", "", path.read_text(), flags=re.S)
+    links = [ln for ln in re.findall(r"\]\(([^)\s]+)\)", text) if not re.match(r"\w+://", ln)]
+    assert len(links) >= 10
+    for link in links:
+        file, _, anchor = link.partition("#")
+        target = (path.parent / file).resolve() if file else path
+        assert target.exists(), f"{doc}: {link}"
+        if anchor and target.suffix == ".md":
+            assert anchor in anchors(target.read_text()), f"{doc}: {link}"
