@@ -521,7 +521,7 @@ def compile_model(
     spec: str | None = None,
     input_shapes: dict | None = None,
     input_ranges: dict | None = None,
-    samples: list | None = None,
+    samples: list | str | os.PathLike | None = None,
     tune_trials: int = 0,
     tune_cache: str | os.PathLike | None = None,
     tune_share: float = DEFAULT_TUNE_SHARE,
@@ -579,8 +579,16 @@ def compile_model(
         model = io.load(model)
     out = Path(output)
     io.check_destination(out, protect=src_paths)
+    # one loader and one check for samples (graphopt.samples): a path is loaded, names,
+    # dtypes and ranks are checked against the model, extra arrays dropped with a note
+    from .samples import prepare_samples
+
+    samples = prepare_samples(samples, model)
     t0 = time.perf_counter()
     shapes = static_input_shapes(model, input_shapes)
+    from .samples import fit_samples
+
+    samples = fit_samples(samples, shapes)   # a batch of 64 rows is 64 samples at batch 1
     spec = DEFAULT_SPEC if spec is None else spec
     if spec.strip():
         optimized, report = front_end(model, spec, shapes, verify=verify and verify_passes,

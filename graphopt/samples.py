@@ -150,6 +150,41 @@ def prepare_samples(
     return out
 
 
+def fit_samples(samples: list[dict[str, np.ndarray]] | None,
+                shapes: dict[str, tuple]) -> list[dict[str, np.ndarray]] | None:
+    """Samples for a model whose inputs were bound to the static `shapes` (compile binds
+    a symbolic batch to 1): a sample whose leading axis holds more rows than the bound
+    batch is cut into consecutive samples of that batch (a remainder is dropped). Other
+    axes must match the bound shape: GraphoptError naming the sample and input if not."""
+    if not samples:
+        return samples
+    out: list[dict[str, np.ndarray]] = []
+    for i, sample in enumerate(samples):
+        what = _describe(sample, i)
+        pieces = None
+        for name, arr in sample.items():
+            shape = shapes.get(name)
+            if shape is None:
+                continue
+            if arr.ndim != len(shape) or tuple(arr.shape[1:]) != tuple(shape[1:]) \
+                    or (arr.ndim and arr.shape[0] < shape[0]):
+                raise GraphoptError(
+                    f"{what}: input '{name}' has shape {list(arr.shape)}, the model is built for "
+                    f"{list(shape)} (give --input-shape {name}=" + "x".join(map(str, arr.shape)) + ")")
+            n = arr.shape[0] // shape[0] if arr.ndim and shape[0] else 1
+            pieces = n if pieces is None else min(pieces, n)
+        for k in range(pieces or 1):
+            piece = Sample()
+            piece.source = getattr(sample, "source", "")
+            for name, arr in sample.items():
+                shape = shapes.get(name)
+                if shape is not None and arr.ndim and shape[0] and arr.shape[0] != shape[0]:
+                    arr = arr[k * shape[0]:(k + 1) * shape[0]]
+                piece[name] = arr
+            out.append(piece)
+    return out
+
+
 def _check_array(what: str, name: str, value: Any, dtype: np.dtype | None, dims: list | None,
                  notes: dict) -> np.ndarray:
     try:

@@ -273,3 +273,26 @@ def test_bad_input(kind, tmp_path, capsys, monkeypatch, clean_registry):
     assert fragment in lines[0]
     assert snapshot(d) == before  # input unchanged (bytes and mtime), nothing written
     assert sorted(p.name for p in d.iterdir()) == dirs_before
+
+
+# --- samples (issue 17): `graphopt verify --samples` checks them like `graphopt MODEL`
+def test_verify_samples_folder_with_label(capsys):
+    """models/ holds digits_test.npz with an extra `label` array: it is ignored with a
+    note, the samples are used."""
+    digits = str(REPO / "models" / "digits_cnn.onnx")
+    rc = main(["verify", digits, digits, "--samples", str(REPO / "models")])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    assert "equivalent" in cap.out
+    assert "ignoring array(s) label" in cap.err
+
+
+def test_verify_samples_wrong_input_name_exit_2(tmp_path, capsys):
+    digits = str(REPO / "models" / "digits_cnn.onnx")
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, x=np.zeros((1, 1, 8, 8), np.float32))
+    rc = main(["verify", digits, digits, "--samples", str(bad)])
+    err = capsys.readouterr().err
+    assert rc == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "has no array for model input(s) input (it has: x)" in lines[0], err

@@ -234,6 +234,30 @@ def test_cli_list_targets(capsys):
         assert name in text
 
 
+def test_cli_samples_folder_checked_like_optimize(tmp_path, capsys):
+    """--samples goes through graphopt.samples.prepare_samples: the models folder (its
+    digits_test.npz also holds a `label` array) works, the label is dropped with a note."""
+    out = tmp_path / "d.so"
+    rc = main(["compile", str(DIGITS), "--target", "host", "-o", str(out), "--json",
+               "--verify-examples", "2", "--samples", str(REPO / "models")])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    assert out.exists() and json.loads(cap.out)["verified"] == "artifact"
+    assert "ignoring array(s) label" in cap.err
+
+
+def test_cli_samples_wrong_input_name_exit_2(tmp_path, capsys):
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, x=np.zeros((1, 1, 8, 8), np.float32))
+    rc = main(["compile", str(DIGITS), "--target", "host", "-o", str(tmp_path / "out.so"),
+               "--samples", str(bad)])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "has no array for model input(s) input (it has: x)" in err, err
+    assert len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "out.so").exists()
+
+
 @pytest.mark.parametrize("case", ["unknown-target", "unsupported-op", "missing-tvm"])
 def test_cli_errors_one_line_exit_2_nothing_written(tmp_path, capsys, monkeypatch, case):
     src, target = DIGITS, "host"

@@ -65,14 +65,13 @@ def run(args: argparse.Namespace) -> int:
     if args.verify_examples < 1:
         raise GraphoptError("--verify-examples must be at least 1")
     from ..device import Remote
-    from ..samples import load_samples
 
     remote = Remote.parse(rpc=args.rpc, tracker=args.rpc_tracker, key=args.rpc_key,
                           timeout=args.rpc_timeout)
 
     shapes = dict(options.parse_shape(s) for s in args.input_shape)
     ranges = dict(options.parse_range(r) for r in args.input_range)
-    samples = load_samples(args.samples) if args.samples else None
+    samples = args.samples or None   # loaded and checked against the model by compile_model
     output = args.output or default_output(args.model, args.target)
     with progress_callback(quiet=args.quiet or args.json) as progress, _leave_if_abandoned():
         result = codegen.compile_model(

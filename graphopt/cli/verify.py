@@ -43,6 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from .. import io
+    from ..samples import prepare_samples
     from ..verify import compare, save_repro
     from ..verify.compare import DEFAULT_EXAMPLES, unique_dir
 
@@ -64,9 +65,12 @@ def run(args: argparse.Namespace) -> int:
     ctx = options.context_from_args(args)
     a = io.load(args.model_a)
     b = io.load(args.model_b)
+    # validated against the reference model as `graphopt MODEL --samples` does: names,
+    # dtypes and ranks checked, arrays that are no input (a `label`) dropped with a note
+    samples = prepare_samples(ctx.samples, a)
     result = compare(
         a, b, args.contract, budget=budget, rtol=args.rtol, atol=args.atol, examples=examples,
-        seed=args.seed, input_shapes=ctx.input_shapes, input_ranges=ctx.input_ranges, samples=ctx.samples, threads=2,
+        seed=args.seed, input_shapes=ctx.input_shapes, input_ranges=ctx.input_ranges, samples=samples, threads=2,
     )
     if not result.ok and not result.skipped:
         save_repro(args.repro_dir or unique_dir("graphopt-repro", "verify"), a, b, result,
