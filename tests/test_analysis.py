@@ -203,10 +203,28 @@ def test_profile_cli_json_and_table(capsys, tmp_path):
     assert rc == 0 and "Conv" in out and "MACs" in out and "p50" not in out
 
 
+def test_profile_binds_leading_symbolic_dim_to_1(capsys):
+    """Like graphopt compile: a symbolic batch is bound to 1 without --batch, with a note."""
+    rc = cli_main(["profile", str(MODELS / "digits_cnn.onnx"), "--no-latency", "--no-memory", "--json"])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    data = json.loads(cap.out)
+    assert data["batches"][0]["batch"] == 1
+    assert data["batches"][0]["input_shapes"] == {"input": [1, 1, 8, 8]}
+    assert sum("leading symbolic dim batch of input(s) input bound to 1" in n for n in data["notes"]) == 1
+    rc = cli_main(["profile", str(MODELS / "tiny_transformer.onnx"), "--input-shape", "input_ids=1x16",
+                   "--no-latency", "--no-memory"])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    assert "bound to 1" not in cap.out  # the given shape binds the batch: nothing to say
+
+
 def test_profile_cli_errors_are_one_line(capsys, tmp_path):
-    rc = cli_main(["profile", str(MODELS / "digits_cnn.onnx"), "--no-latency", "--no-memory"])
+    # the batch is bound to 1 by default; the symbolic seq still needs --input-shape
+    rc = cli_main(["profile", str(MODELS / "tiny_transformer.onnx"), "--no-latency", "--no-memory"])
     err = capsys.readouterr().err
-    assert rc == 2 and "--batch" in err and "Traceback" not in err
+    assert rc == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert "input 'input_ids' has shape [1, seq]" in err and "--input-shape input_ids=1xN" in err, err
     rc = cli_main(["profile", str(MODELS / "digits_cnn.onnx"), "--batch", "x"])
     assert rc == 2 and "bad --batch" in capsys.readouterr().err
     rc = cli_main(["profile", str(ZOO / "light_squeezenet.onnx"), "--batch", "8"])

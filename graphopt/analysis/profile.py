@@ -87,6 +87,12 @@ def _bind(model: onnx.ModelProto, input_shapes, batch: int | None) -> dict[str, 
     for name, shape in bound.items():
         if shape is None or any(not isinstance(d, int) for d in shape):
             shown = "unknown" if shape is None else "[" + ", ".join(map(str, shape)) + "]"
+            if shape and isinstance(shape[0], int):  # the batch is bound: --batch cannot help
+                example = "x".join(str(d) if isinstance(d, int) else "N" for d in shape)
+                raise GraphoptError(
+                    f"input '{name}' has shape {shown}: bind its other dims with "
+                    f"--input-shape {name}={example}"
+                )
             raise GraphoptError(
                 f"input '{name}' has shape {shown}: bind its dims with "
                 f"--input-shape {name}=... or --batch N"

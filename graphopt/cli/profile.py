@@ -51,6 +51,24 @@ def parse_batches(text: str | None) -> list[int | None]:
     return out or [None]
 
 
+def _default_batch(model, shapes: dict) -> tuple[list[int | None], str | None]:
+    """Without --batch, a leading symbolic (batch-like) dim is bound to 1, the rule
+    `graphopt compile` uses (analysis.shapes.resolve_input_shapes with batch=1); other
+    unknown dims still need --input-shape. ([batch], note) -- ([None], None) when nothing
+    is left to bind."""
+    from ..analysis.shapes import resolve_input_shapes
+
+    as_given, _ = resolve_input_shapes(model, shapes)
+    at_one, _ = resolve_input_shapes(model, shapes, batch=1)
+    bound = [name for name, shape in as_given.items()
+             if shape and not isinstance(shape[0], int) and isinstance((at_one[name] or (None,))[0], int)]
+    if not bound:
+        return [None], None
+    dims = sorted({str(as_given[n][0]) for n in bound})
+    return [1], (f"leading symbolic dim {', '.join(dims)} of input(s) {', '.join(bound)} bound to 1, "
+                 "as graphopt compile does (--batch N for other batch sizes)")
+
+
 def run(args: argparse.Namespace) -> int:
     from .. import io
     from ..analysis import profile_model
@@ -68,6 +86,9 @@ def run(args: argparse.Namespace) -> int:
     shapes = dict(options.parse_shape(s) for s in args.input_shape)
     batches = parse_batches(args.batch)
     model = io.load(args.model)
+    default_note = None
+    if batches == [None]:
+        batches, default_note = _default_batch(model, shapes)
     with progress_callback(quiet=args.quiet or args.json) as progress:
         prof = profile_model(
             model, name=os.path.basename(args.model), path=args.model, input_shapes=shapes,
@@ -75,6 +96,8 @@ def run(args: argparse.Namespace) -> int:
             threads=args.threads, warmup=args.warmup, runs=args.runs, strict=args.strict,
             progress=progress,
         )
+    if default_note:
+        prof.notes.insert(0, default_note)
     if args.json:
         json.dump(prof.as_dict(), sys.stdout, indent=2, default=str)
         sys.stdout.write("\n")
