@@ -719,7 +719,8 @@ def _check(reference: onnx.ModelProto, optimized: onnx.ModelProto, runner: TVMRu
     from .verify import compare
 
     cmp = compare(reference, optimized, "float", examples=examples, seed=seed,
-                  input_shapes=shapes, input_ranges=input_ranges, samples=samples, runner_b=runner)
+                  input_shapes=shapes, input_ranges=input_ranges, samples=samples, runner_b=runner,
+                  label=f"verifying {what}")
     if cmp.skipped:
         result.verification = f"{what}: not verified ({cmp.reason})"
         result.verified = "no"

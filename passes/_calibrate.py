@@ -18,6 +18,8 @@ import logging
 import numpy as np
 import onnx
 
+from graphopt import progress
+
 log = logging.getLogger(__name__)
 
 BINS = 2048
@@ -51,24 +53,29 @@ def collect(model: onnx.ModelProto, names: list[str], samples: list[dict], metho
     idx = {n: outs.index(n) for n in names}
     lo = {n: np.inf for n in names}
     hi = {n: -np.inf for n in names}
-    for s in samples:
-        res = sess.run(None, s)
-        for n in names:
-            a = res[idx[n]]
-            if a.size and np.issubdtype(a.dtype, np.floating):
-                lo[n] = min(lo[n], float(np.min(a)))
-                hi[n] = max(hi[n], float(np.max(a)))
-    ranges = {n: (lo[n], hi[n]) if np.isfinite(lo[n]) else (0.0, 0.0) for n in names}
-    if method == "minmax":
-        return ranges
-    # second pass: histograms of |x| over [0, max|x|], plus the sign structure
-    amax = {n: max(abs(ranges[n][0]), abs(ranges[n][1])) or 1e-8 for n in names}
-    hists = {n: np.zeros(BINS, np.float64) for n in names}
-    for s in samples:
-        res = sess.run(None, s)
-        for n in names:
-            a = np.abs(res[idx[n]].astype(np.float32, copy=False)).ravel()
-            hists[n] += np.histogram(a, bins=BINS, range=(0.0, amax[n]))[0]
+    samples = list(samples)
+    runs = len(samples) * (1 if method == "minmax" else 2)   # a histogram method reads them twice
+    with progress.task("calibrating (batches)", runs) as counted:
+        for s in samples:
+            res = sess.run(None, s)
+            for n in names:
+                a = res[idx[n]]
+                if a.size and np.issubdtype(a.dtype, np.floating):
+                    lo[n] = min(lo[n], float(np.min(a)))
+                    hi[n] = max(hi[n], float(np.max(a)))
+            counted.advance()
+        ranges = {n: (lo[n], hi[n]) if np.isfinite(lo[n]) else (0.0, 0.0) for n in names}
+        if method == "minmax":
+            return ranges
+        # second pass: histograms of |x| over [0, max|x|], plus the sign structure
+        amax = {n: max(abs(ranges[n][0]), abs(ranges[n][1])) or 1e-8 for n in names}
+        hists = {n: np.zeros(BINS, np.float64) for n in names}
+        for s in samples:
+            res = sess.run(None, s)
+            for n in names:
+                a = np.abs(res[idx[n]].astype(np.float32, copy=False)).ravel()
+                hists[n] += np.histogram(a, bins=BINS, range=(0.0, amax[n]))[0]
+            counted.advance()
     out = {}
     for n in names:
         if method == "percentile":

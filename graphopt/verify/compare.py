@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from .. import progress as _progress
 from ..errors import GraphoptError
 from .contracts import DEFAULT_ATOL, FALLBACK_RTOL, Contract, OutputCheck, check_output, is_float_dtype
 from .inputs import Example, InputSpace, graph_inputs
@@ -169,6 +170,7 @@ class _Checker:
         self.noise_ratio = 0.0                      # the largest error / floor seen
         self.not_compared: dict[str, str] = {}      # output -> why
         self.valid = 0
+        self.task: _progress.Task | None = None     # counted progress of the examples
         self.worst: OutputCheck | None = None
         self.top1: dict[str, list] = {}   # output -> [agree, rows, worst example, worst share]
         self._floors: dict[tuple[int, int], list[float] | None] = {}
@@ -260,6 +262,8 @@ class _Checker:
         except InvalidInput:
             return None
         self.valid += 1
+        if self.task is not None:
+            self.task.advance()
         try:
             outs_b = self.rb.run(feeds)
         except InvalidInput as e:
@@ -312,6 +316,7 @@ def compare(
     space: InputSpace | None = None,
     threads: int = 1,
     noise: NoiseSource | None = None,
+    label: str = "verifying",
 ) -> CompareResult:
     """Check that `model_b` computes what `model_a` computes, under `contract`.
 
@@ -379,6 +384,11 @@ def compare(
     if noise is None and contract.kind == "float":
         noise = NoiseSource(model_a, ra, threads=threads)
     checker = _Checker(ra, rb, names, contract, noise=noise)
+    # counted progress (graphopt.progress): the examples judged so far, closed in _done
+    total = examples
+    if contract.kind == "lossy" and samples:
+        total = min(examples, len(samples))
+    checker.task = result._task = _progress.task(label, total)  # type: ignore[attr-defined]
     result.noise = noise
     result._noise0 = noise.runs if noise is not None else 0  # type: ignore[attr-defined]
 
@@ -445,6 +455,9 @@ def compare(
 
 def _done(result: CompareResult, t0: float) -> CompareResult:
     result.seconds = time.perf_counter() - t0
+    task = getattr(result, "_task", None)
+    if task is not None:
+        task.close()
     if result.noise is not None:
         result.noise_runs = result.noise.runs - getattr(result, "_noise0", 0)
     if result.runner_a is not None and result.runner_b is not None:

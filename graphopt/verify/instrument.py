@@ -298,6 +298,7 @@ class VerifyInstrument(Instrument):
                 shrink_seconds=self.shrink_seconds, runner_a=before.runner,
                 space=self._space_for(before.proto), threads=self.threads,
                 noise=self._noise if contract.kind == "float" else None,
+                label=f"verifying {p.name}",
             )
         except SignatureMismatch as e:
             result = CompareResult(ok=False, contract=contract)

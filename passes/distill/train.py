@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from graphopt import GraphoptError
+from graphopt import GraphoptError, progress
 
 import torch
 import torch.nn.functional as F
@@ -259,6 +259,7 @@ def distill(student: onnx.ModelProto, teacher: onnx.ModelProto, samples: list[di
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # measured: two threads beside a busy process were 20x slower
+    counted = progress.task("distilling (steps)", cfg.steps)   # time_limit may stop it earlier
     try:
         torch.manual_seed(cfg.seed)
         before_loss, before = evaluate()
@@ -285,6 +286,7 @@ def distill(student: onnx.ModelProto, teacher: onnx.ModelProto, samples: list[di
                 for p, mask in masks:
                     p.mul_(mask)
             done += 1
+            counted.advance()
             value = float(loss.detach())
             running = value if running is None else 0.9 * running + 0.1 * value
             if (step + 1) % every == 0 or step == cfg.steps - 1:
@@ -296,6 +298,7 @@ def distill(student: onnx.ModelProto, teacher: onnx.ModelProto, samples: list[di
         after_loss, after = evaluate()
     finally:
         torch.set_num_threads(threads)
+        counted.close()
     stats = {"steps": done, "seconds": round(seconds, 2), "samples": int(len(train)), "held_out": int(len(hold)),
              "trained_tensors": len(net.keys), "sparse_tensors_kept": len(masks), "outputs": dict(zip(heads_s, kinds)), "final_loss": running}
     if before_loss is not None:
