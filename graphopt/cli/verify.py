@@ -8,6 +8,7 @@ import sys
 
 from ..errors import GraphoptError
 from . import options
+from .present import progress_callback
 
 
 def _budget_arg(text: str) -> tuple[str, float]:
@@ -68,10 +69,14 @@ def run(args: argparse.Namespace) -> int:
     # validated against the reference model as `graphopt MODEL --samples` does: names,
     # dtypes and ranks checked, arrays that are no input (a `label`) dropped with a note
     samples = prepare_samples(ctx.samples, a)
-    result = compare(
-        a, b, args.contract, budget=budget, rtol=args.rtol, atol=args.atol, examples=examples,
-        seed=args.seed, input_shapes=ctx.input_shapes, input_ranges=ctx.input_ranges, samples=samples, threads=2,
-    )
+    with progress_callback(quiet=args.quiet or args.json) as step:
+        if step:
+            step("comparing the models")
+        result = compare(
+            a, b, args.contract, budget=budget, rtol=args.rtol, atol=args.atol, examples=examples,
+            seed=args.seed, input_shapes=ctx.input_shapes, input_ranges=ctx.input_ranges, samples=samples,
+            threads=2, label="examples",
+        )
     if not result.ok and not result.skipped:
         save_repro(args.repro_dir or unique_dir("graphopt-repro", "verify"), a, b, result,
                    title=f"graphopt verify {args.model_a} {args.model_b}")
