@@ -1001,24 +1001,8 @@ class _Builder:
                 bias = (node.inputs[2].values * node.attrs.get("beta", 1.0)).astype(np.float32)
         q, s, z = self._weight(w, 1 if self.cfg["per_channel"] else None)
         out = node.outputs[0]
-        xq = gs.Variable(namer("xq"), dtype=np.uint8)
-        xs = gs.Variable(namer("xs"), dtype=np.float32, shape=[])
-        xz = gs.Variable(namer("xzp"), dtype=np.uint8, shape=[])
-        g.nodes.append(gs.Node("DynamicQuantizeLinear", namer("DQL"), inputs=[x], outputs=[xq, xs, xz]))
-        acc = gs.Variable(namer("acc"), dtype=np.int32)
-        g.nodes.append(gs.Node("MatMulInteger", namer("MMI"), inputs=[
-            xq, gs.Constant(namer("wq"), q), xz, gs.Constant(namer("wzp"), z)], outputs=[acc]))
-        accf = gs.Variable(namer("accf"), dtype=np.float32)
-        g.nodes.append(gs.Node("Cast", namer("Cast"), attrs={"to": onnx.TensorProto.FLOAT}, inputs=[acc], outputs=[accf]))
-        sc = gs.Variable(namer("scale"), dtype=np.float32)
-        g.nodes.append(gs.Node("Mul", namer("Mul"), inputs=[xs, gs.Constant(namer("ws"), s)], outputs=[sc]))
         node.outputs = []
-        if bias is None:
-            g.nodes.append(gs.Node("Mul", namer("Mul"), inputs=[accf, sc], outputs=[out]))
-        else:
-            y = gs.Variable(namer("y"), dtype=np.float32)
-            g.nodes.append(gs.Node("Mul", namer("Mul"), inputs=[accf, sc], outputs=[y]))
-            g.nodes.append(gs.Node("Add", namer("Add"), inputs=[y, gs.Constant(namer("bias"), bias)], outputs=[out]))
+        _integer_chain(g, namer, x, "MatMulInteger", "MMI", {}, q, z, s, bias, out)
 
     def _dynamic_conv(self, g, node, namer):
         """Conv -> DynamicQuantizeLinear -> ConvInteger -> Cast -> Mul(x_scale * w_scale)
@@ -1032,25 +1016,32 @@ class _Builder:
         bshape = [-1] + [1] * (w.ndim - 2)  # per output channel over [N, M, spatial...]
         if s.ndim:
             s = s.reshape(bshape)
-        out = node.outputs[0]
-        xq = gs.Variable(namer("xq"), dtype=np.uint8)
-        xs = gs.Variable(namer("xs"), dtype=np.float32, shape=[])
-        xz = gs.Variable(namer("xzp"), dtype=np.uint8, shape=[])
-        g.nodes.append(gs.Node("DynamicQuantizeLinear", namer("DQL"), inputs=[x], outputs=[xq, xs, xz]))
-        acc = gs.Variable(namer("acc"), dtype=np.int32)
-        g.nodes.append(gs.Node("ConvInteger", namer("ConvInteger"), attrs=dict(node.attrs), inputs=[
-            xq, gs.Constant(namer("wq"), q), xz, gs.Constant(namer("wzp"), np.array(0, np.int8))], outputs=[acc]))
-        accf = gs.Variable(namer("accf"), dtype=np.float32)
-        g.nodes.append(gs.Node("Cast", namer("Cast"), attrs={"to": onnx.TensorProto.FLOAT}, inputs=[acc], outputs=[accf]))
-        sc = gs.Variable(namer("scale"), dtype=np.float32)
-        g.nodes.append(gs.Node("Mul", namer("Mul"), inputs=[xs, gs.Constant(namer("ws"), np.asarray(s, np.float32))],
-                               outputs=[sc]))
+        out, attrs = node.outputs[0], dict(node.attrs)
         node.outputs = []
         node.inputs = []
-        if bias is None:
-            g.nodes.append(gs.Node("Mul", namer("Mul"), inputs=[accf, sc], outputs=[out]))
-        else:
-            y = gs.Variable(namer("y"), dtype=np.float32)
-            g.nodes.append(gs.Node("Mul", namer("Mul"), inputs=[accf, sc], outputs=[y]))
-            g.nodes.append(gs.Node("Add", namer("Add"), inputs=[
-                y, gs.Constant(namer("bias"), bias.reshape(bshape))], outputs=[out]))
+        _integer_chain(g, namer, x, "ConvInteger", "ConvInteger", attrs, q, np.array(0, np.int8),
+                       np.asarray(s, np.float32), None if bias is None else bias.reshape(bshape), out)
+
+
+def _integer_chain(g, namer, x, op: str, name: str, attrs: dict, wq: np.ndarray, wzp: np.ndarray,
+                   ws: np.ndarray, bias: np.ndarray | None, out) -> None:
+    """Append x -> DynamicQuantizeLinear -> `op` (MatMulInteger / ConvInteger with the
+    int8 weight `wq`, zero point `wzp`) -> Cast -> Mul(x_scale * `ws`) [-> Add(`bias`)]
+    writing `out`: dynamic INT8, where onnxruntime finds the activation range per run."""
+    xq = gs.Variable(namer("xq"), dtype=np.uint8)
+    xs = gs.Variable(namer("xs"), dtype=np.float32, shape=[])
+    xz = gs.Variable(namer("xzp"), dtype=np.uint8, shape=[])
+    g.nodes.append(gs.Node("DynamicQuantizeLinear", namer("DQL"), inputs=[x], outputs=[xq, xs, xz]))
+    acc = gs.Variable(namer("acc"), dtype=np.int32)
+    g.nodes.append(gs.Node(op, namer(name), attrs=attrs, inputs=[
+        xq, gs.Constant(namer("wq"), wq), xz, gs.Constant(namer("wzp"), wzp)], outputs=[acc]))
+    accf = gs.Variable(namer("accf"), dtype=np.float32)
+    g.nodes.append(gs.Node("Cast", namer("Cast"), attrs={"to": onnx.TensorProto.FLOAT}, inputs=[acc], outputs=[accf]))
+    sc = gs.Variable(namer("scale"), dtype=np.float32)
+    g.nodes.append(gs.Node("Mul", namer("Mul"), inputs=[xs, gs.Constant(namer("ws"), ws)], outputs=[sc]))
+    if bias is None:
+        g.nodes.append(gs.Node("Mul", namer("Mul"), inputs=[accf, sc], outputs=[out]))
+    else:
+        y = gs.Variable(namer("y"), dtype=np.float32)
+        g.nodes.append(gs.Node("Mul", namer("Mul"), inputs=[accf, sc], outputs=[y]))
+        g.nodes.append(gs.Node("Add", namer("Add"), inputs=[y, gs.Constant(namer("bias"), bias)], outputs=[out]))
