@@ -441,15 +441,16 @@ class TVMRunner:
             out = self.main(*self.arguments(feeds))
         except Exception as e:  # noqa: BLE001
             raise InvalidInput(_first_line(e)) from e
-        return _flatten(out)
+        return flatten_outputs(out)
 
 
-def _flatten(out) -> list[np.ndarray]:
+def flatten_outputs(out) -> list[np.ndarray]:
+    """A Relax VM's result (a tensor or nested tuples of them) as a flat list of arrays."""
     if hasattr(out, "numpy"):
         return [out.numpy()]
     res: list[np.ndarray] = []
     for item in out:
-        res.extend(_flatten(item))
+        res.extend(flatten_outputs(item))
     return res
 
 

@@ -284,12 +284,13 @@ class RemoteRunner:
                 for n in self.input_names]
 
     def run(self, feeds: dict[str, np.ndarray], cache: bool = True) -> list[np.ndarray]:
+        from .codegen import flatten_outputs
         from .verify.runner import InvalidInput
 
         self.runs += 1
 
         def go():
-            return _to_numpy(self.vm["main"](*self._args(feeds)))
+            return flatten_outputs(self.vm["main"](*self._args(feeds)))
 
         try:
             return self.session.call(go, "run the model")
@@ -311,14 +312,6 @@ class RemoteRunner:
         return dict(median_ms=1e3 * float(np.median(results)), min_ms=1e3 * min(results),
                     number=number, repeat=repeat)
 
-
-def _to_numpy(out) -> list[np.ndarray]:
-    if hasattr(out, "numpy"):
-        return [out.numpy()]
-    res: list[np.ndarray] = []
-    for item in out:
-        res.extend(_to_numpy(item))
-    return res
 
 
 # ---------------------------------------------------------------------------- MetaSchedule

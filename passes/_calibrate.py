@@ -25,17 +25,23 @@ log = logging.getLogger(__name__)
 BINS = 2048
 
 
-def session_with_outputs(model: onnx.ModelProto, names: list[str], threads: int = 2):
-    """An onnxruntime session (graph optimizations off, so every tensor still exists) that
-    also returns the intermediate tensors `names`."""
-    import onnxruntime as ort
-
+def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
+    """A copy of `model` that also returns the tensors `names` (those not outputs already)."""
     m = onnx.ModelProto()
     m.CopyFrom(model)
     have = {o.name for o in m.graph.output}
     for n in names:
         if n not in have:
             m.graph.output.append(onnx.ValueInfoProto(name=n))
+    return m
+
+
+def session_with_outputs(model: onnx.ModelProto, names: list[str], threads: int = 2):
+    """An onnxruntime session (graph optimizations off, so every tensor still exists) that
+    also returns the intermediate tensors `names`."""
+    import onnxruntime as ort
+
+    m = with_outputs(model, names)
     so = ort.SessionOptions()
     so.log_severity_level = 3
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL

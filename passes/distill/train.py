@@ -32,6 +32,7 @@ from graphopt import GraphoptError, progress
 import torch
 import torch.nn.functional as F
 
+from .._calibrate import with_outputs
 from .interp import TorchGraph
 
 log = logging.getLogger("graphopt.passes.distill")
@@ -99,12 +100,7 @@ class _Teacher:
         so.log_severity_level = 3
         self.heads = heads
         for candidate in (free_batch(proto), proto):
-            m = onnx.ModelProto()
-            m.CopyFrom(candidate)
-            have = {o.name for o in m.graph.output}
-            for h in heads:
-                if h not in have:
-                    m.graph.output.append(onnx.ValueInfoProto(name=h))
+            m = with_outputs(candidate, heads)
             self.sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
             self.fixed = {i.name: i.shape[0] for i in self.sess.get_inputs()
                           if i.shape and isinstance(i.shape[0], int) and i.shape[0] > 0}
