@@ -80,14 +80,10 @@ def median_interval(values: list[float], confidence: float = CONFIDENCE) -> tupl
 
 
 def session(proto, threads: int = 2):
-    import onnxruntime as ort
+    """A timing session: analysis.latency's (spinning off, one inter-op thread)."""
+    from graphopt.analysis.latency import make_session
 
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return make_session(proto, threads)
 
 
 def paired_speedup(ref, new, feed: dict, *, need: float | None = None, seconds: float = 3.0,
