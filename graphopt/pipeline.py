@@ -166,8 +166,11 @@ class Pass:
     name: ClassVar[str] = ""
     contract: ClassVar[str] = "exact"
     options: ClassVar[dict[str, Option]] = {}
-    # For lossy passes: the default error budget the verifier applies (see verify). A pass
-    # with budget options (see `budget_options`) takes them over the run's --budget.
+    # A lossy pass declares its default error budget here (metric -> bound). The pass
+    # manager resolves it before run() -- the pass's own budget options (see
+    # `budget_options`), else the run's --budget (`ctx.budget`), else this default -- into
+    # `self.budget`, which run() reads and the verifier judges the result on. A pass never
+    # sets it itself.
     budget: ClassVar[dict[str, float]] = {}
 
     def __init__(self, **opts: Any) -> None:
@@ -639,6 +642,8 @@ class PassManager:
         if (p.contract == "lossy" and self.ctx.teacher is None  # --- distill (issue 15)
                 and any(getattr(q, "wants_teacher", False) for q in self.passes)):
             self.ctx.teacher = model.to_onnx()
+        if p.contract == "lossy":  # the declared budget, resolved for this run (Pass.budget)
+            p.budget = p.budget_for(self.ctx)
         for inst in self.instruments:
             inst.before_pass(p, model, self.ctx)
         t0 = time.perf_counter()

@@ -239,6 +239,41 @@ def test_optimize_does_not_mutate_input():
     assert len(out.graph.node) == 2
 
 
+def test_declared_budget_reaches_a_plugin_that_never_sets_it(registry):
+    """A lossy plugin pass only declares its default budget; the pass manager resolves
+    --budget (ctx.budget) into it before run(), and the verifier judges on that."""
+    seen = []
+
+    @graphopt.register_pass("t-lossy-scale")
+    class Scale(Pass):
+        """Scale the output by 1.1 (relative L2 error 0.1)."""
+
+        contract = "lossy"
+        budget = {"rel_l2": 0.01}
+
+        def run(self, model, ctx):
+            seen.append(dict(self.budget))
+            y = model.graph.outputs[0]
+            node = y.inputs[0]
+            import onnx_graphsurgeon as gs
+
+            mid = gs.Variable("t_mid", dtype=y.dtype)
+            node.outputs = [mid]
+            k = gs.Constant("t_k", np.array(1.1, dtype=np.float32))
+            model.graph.nodes.append(gs.Node("Mul", inputs=[mid, k], outputs=[y]))
+            return True
+
+    m = chain_model(0, 0)
+    with pytest.raises(graphopt.VerificationError):  # its own default: 0.01 < 0.1
+        graphopt.optimize(m, "t-lossy-scale", verify_options={"ahead": False})
+    assert seen.pop() == {"rel_l2": 0.01}
+    out, report = graphopt.optimize(m, "t-lossy-scale", budget={"rel_l2": 0.2}, return_report=True,
+                                    verify_options={"ahead": False})
+    assert seen.pop() == {"rel_l2": 0.2}
+    assert report.records[0].extra["verify"]["status"] == "ok"
+    assert [n.op_type for n in out.graph.node] == ["Relu", "Mul"]
+
+
 # ------------------------------------------------------------------ plugins
 
 
