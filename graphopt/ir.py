@@ -149,8 +149,6 @@ class Model:
     # -- conversion -------------------------------------------------------------------
     @classmethod
     def from_onnx(cls, proto: onnx.ModelProto) -> "Model":
-        template = onnx.ModelProto()
-        copy_fields(proto, template, skip=("graph",))
         opset = None
         domains = []
         for imp in proto.opset_import:
@@ -169,12 +167,21 @@ class Model:
             )
         except Exception as e:  # gs raises assorted exceptions on malformed graphs
             raise GraphoptError(f"cannot import graph: {e}") from e
+        return cls.around(graph, proto)
+
+    @classmethod
+    def around(cls, graph: gs.Graph, like: onnx.ModelProto) -> "Model":
+        """`graph` with everything of `like` but its graph: IR version, opset imports,
+        functions, metadata, producer, doc strings, training info, the doc strings and
+        metadata of its nodes (by name), and which initializers it lists as inputs."""
+        template = onnx.ModelProto()
+        copy_fields(like, template, skip=("graph",))
         node_meta = {}
-        for node in iter_proto_nodes(proto.graph):
+        for node in iter_proto_nodes(like.graph):
             if node.name and (node.doc_string or len(node.metadata_props)):
                 node_meta[node.name] = (node.doc_string, list(node.metadata_props))
-        init_names = {t.name for t in proto.graph.initializer}
-        init_inputs = [i.name for i in proto.graph.input if i.name in init_names]
+        init_names = {t.name for t in like.graph.initializer}
+        init_inputs = [i.name for i in like.graph.input if i.name in init_names]
         return cls(graph, template, node_meta, init_inputs)
 
     def to_onnx(self) -> onnx.ModelProto:
@@ -282,6 +289,28 @@ class Model:
 
     def weight_bytes(self) -> int:
         return sum(constant_nbytes(t) for t in iter_constants(self.graph))
+
+
+def export_graph(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
+    """Export a graph rewritten from `like` (e.g. `gs.import_onnx(like)`) as a ModelProto
+    that keeps the rest of `like` (see `Model.around`), opset imports of custom domains
+    its nodes use added. Before IR 4 every initializer must also be a graph input: all
+    are listed, so the IR version is kept (`Model.to_onnx` raises it to 4 instead)."""
+    model = Model.around(graph, like)
+    if like.ir_version < 4:
+        model.initializer_inputs = [name for name, t in graph.tensors().items()
+                                    if isinstance(t, gs.Constant) and not _is_sparse(t)]
+    out = model.to_onnx()
+    if {(i.domain, i.version) for i in out.opset_import} == {(i.domain, i.version) for i in like.opset_import}:
+        del out.opset_import[:]  # like's own entries, byte for byte (quant's timing cache keys on bytes)
+        out.opset_import.extend(like.opset_import)
+    return out
+
+
+def _is_sparse(t: gs.Constant) -> bool:
+    from onnx_graphsurgeon.ir.tensor import SparseValues
+
+    return isinstance(t._values, SparseValues)
 
 
 def export_graph_into(graph: gs.Graph, out: onnx.GraphProto) -> None:
