@@ -17,17 +17,9 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import onnx
 
-from ..errors import GraphoptError
+from ..runtime import random_inputs, session
 
 log = logging.getLogger(__name__)
-
-_NP = {
-    "tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
-    "tensor(bfloat16)": np.float32, "tensor(int64)": np.int64, "tensor(int32)": np.int32,
-    "tensor(int16)": np.int16, "tensor(int8)": np.int8, "tensor(uint8)": np.uint8,
-    "tensor(uint16)": np.uint16, "tensor(bool)": np.bool_,
-}
-
 
 @dataclass
 class LatencyResult:
@@ -75,39 +67,8 @@ def default_threads() -> int:
 
 
 def make_session(model: onnx.ModelProto | str | os.PathLike, threads: int):
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
-    try:
-        return ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
-    except Exception as e:  # onnxruntime raises its own exception types
-        raise GraphoptError(f"onnxruntime cannot load the model: {str(e).splitlines()[0]}") from e
-
-
-def random_feeds(session, input_shapes: Mapping[str, Sequence[int]], seed: int = 0) -> dict:
-    rng = np.random.default_rng(seed)
-    feeds = {}
-    for i in session.get_inputs():
-        shape = input_shapes.get(i.name)
-        if shape is None or any(not isinstance(d, (int, np.integer)) for d in shape):
-            raise GraphoptError(
-                f"input '{i.name}' has shape {i.shape}: bind it with --input-shape or --batch")
-        dt = _NP.get(i.type)
-        if dt is None:
-            raise GraphoptError(f"input '{i.name}' has type {i.type}, which cannot be generated")
-        if np.issubdtype(dt, np.floating):
-            feeds[i.name] = rng.standard_normal(tuple(shape)).astype(dt)
-        elif dt is np.bool_:
-            feeds[i.name] = rng.integers(0, 2, tuple(shape)).astype(bool)
-        else:
-            # small non-negative ids: valid indices for embeddings and masks alike
-            feeds[i.name] = rng.integers(0, 2, tuple(shape)).astype(dt)
-    return feeds
+    """The timing session: onnxruntime's graph optimizations on, as a user runs the model."""
+    return session(model, threads=threads, optimize=True, log_level=3)
 
 
 def measure_latency(
@@ -128,7 +89,7 @@ def measure_latency(
     """
     threads = threads or default_threads()
     sess = session or make_session(model, threads)
-    feeds = random_feeds(sess, input_shapes)
+    feeds = random_inputs(sess, shapes=input_shapes, normal=True)[0]
     what = f"batch {batch}" if batch is not None else "latency"
     for i in range(warmup):
         if progress:

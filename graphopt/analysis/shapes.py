@@ -1,6 +1,6 @@
 """Tensor shapes of a model with its symbolic dimensions bound.
 
-`infer_shapes(model, input_shapes)` returns every tensor's shape (graph inputs, weights,
+`infer_shapes(model, input_shapes) -> ShapeInfo` returns every tensor's shape (graph inputs, weights,
 intermediate values, also inside If/Loop/Scan bodies) after onnx shape inference, with the
 graph inputs' symbolic dims bound first. Shape inference runs on a skeleton of the model:
 large weights are replaced by typed graph inputs, so it never copies the weights and works
@@ -8,6 +8,9 @@ for models over 2 GB and with unloaded external data.
 
 When onnx's inference leaves dims unknown (common for transformer exports whose Reshape
 targets are computed at run time), onnxruntime's symbolic shape inference is tried too.
+
+`static_shapes(model, input_shapes) -> dict[str, list]` is onnx's inference alone, for
+rewrites that must trust only what it proves (channel pruning).
 """
 
 from __future__ import annotations
@@ -233,12 +236,8 @@ def infer_shapes(
     bound, named = resolve_input_shapes(model, input_shapes, dims=dims, batch=batch)
     sk = skeleton(model, bound)
     info = ShapeInfo(bound=dict(bound), dims=named)
-    try:
-        inferred = onnx.shape_inference.infer_shapes(sk, check_type=False, strict_mode=False,
-                                                     data_prop=True)
-    except Exception as e:  # onnx raises InferenceError and friends on broken models
-        log.info("onnx shape inference failed (%s); using declared shapes only", e)
-        inferred = sk
+    inferred = _onnx_inferred(sk)
+    inferred = sk if inferred is None else inferred
     _collect(inferred, info, overwrite=False)
     if _has_unknown_values(inferred, info):
         try:
@@ -255,6 +254,44 @@ def infer_shapes(
         except Exception as e:  # best effort: it fails on ops it does not know
             log.info("onnxruntime symbolic shape inference failed: %s", e)
     return info
+
+
+def static_shapes(model: onnx.ModelProto,
+                  input_shapes: Mapping[str, Sequence[int]] | None = None) -> dict[str, list]:
+    """Tensor name -> dims (an int, a symbolic name, or None when unknown) of the main
+    graph's tensors and initializers, as onnx shape inference alone proves them (no
+    onnxruntime fallback, no run): for rewrites that may only trust proven shapes.
+    `input_shapes` (name -> dims) pins the positive int dims given for graph inputs of
+    the same rank; unlike `infer_shapes` nothing is checked or required."""
+    sk = skeleton(model)
+    for vi in sk.graph.input:
+        dims = (input_shapes or {}).get(vi.name)
+        if dims is not None and len(dims) == len(vi.type.tensor_type.shape.dim):
+            for d, v in zip(vi.type.tensor_type.shape.dim, dims):
+                if isinstance(v, int) and v > 0:
+                    d.dim_value = v
+    inferred = _onnx_inferred(sk)
+    inferred = model if inferred is None else inferred
+    shapes: dict[str, list] = {}
+    g = inferred.graph
+    for vi in list(g.value_info) + list(g.input) + list(g.output):
+        tt = vi.type.tensor_type
+        if tt.HasField("shape"):
+            shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                               for d in tt.shape.dim]
+    for init in model.graph.initializer:
+        shapes[init.name] = list(init.dims)
+    return shapes
+
+
+def _onnx_inferred(sk: onnx.ModelProto) -> onnx.ModelProto | None:
+    """onnx shape inference (with data propagation) of a skeleton; None if it fails."""
+    try:
+        return onnx.shape_inference.infer_shapes(sk, check_type=False, strict_mode=False,
+                                                 data_prop=True)
+    except Exception as e:  # onnx raises InferenceError and friends on broken models
+        log.info("onnx shape inference failed (%s); using declared shapes only", e)
+        return None
 
 
 def _has_unknown_values(model: onnx.ModelProto, info: ShapeInfo) -> bool:
@@ -285,7 +322,7 @@ def shapes_from_run(model: onnx.ModelProto, info: ShapeInfo, names: Sequence[str
     of the bound shapes (for data-dependent shapes: what this input produced). Returns the
     shapes found; tensors of non-tensor type or that onnxruntime cannot expose are left out.
     """
-    from .latency import make_session, random_feeds
+    from ..runtime import random_inputs, session
 
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
@@ -302,8 +339,9 @@ def shapes_from_run(model: onnx.ModelProto, info: ShapeInfo, names: Sequence[str
     if not added:
         return {}
     try:
-        sess = make_session(probe, threads=1)
-        feeds = random_feeds(sess, {k: v for k, v in info.bound.items() if v is not None}, seed)
+        sess = session(probe, threads=1, optimize=True, log_level=3)
+        feeds = random_inputs(sess, seed=seed, shapes={k: v for k, v in info.bound.items() if v is not None},
+                              normal=True)[0]
         outs = sess.run(added, feeds)
     except Exception as e:  # a best-effort probe: report nothing rather than fail
         log.info("could not run the model to find shapes: %s", e)

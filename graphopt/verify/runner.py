@@ -10,6 +10,7 @@ import numpy as np
 import onnx
 
 from .._proto import copy_fields
+from ..runtime import RuntimeRejected, SessionRecipe, first_line
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ class Runner:
             self.backend = "onnxruntime"
             return
         except Exception as e:  # noqa: BLE001 - ORT raises several types for unsupported models
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            first = e.reason if isinstance(e, RuntimeRejected) else first_line(e)
             self.note = f"onnxruntime cannot run this model ({first[:300]})"
         try:
             from onnx.reference import ReferenceEvaluator
@@ -116,7 +117,7 @@ class Runner:
             with self._serial:
                 return [np.asarray(o) for o in self._ref.run(None, feeds)]
         except Exception as e:  # noqa: BLE001
-            raise InvalidInput(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__) from e
+            raise InvalidInput(first_line(e, None)) from e
 
 
 def _digest(feeds: dict[str, np.ndarray]) -> tuple:
@@ -210,86 +211,3 @@ def _widen(model: onnx.ModelProto):
         w.type.tensor_type.elem_type = _NARROW[t]
         narrow_out[i] = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t))
     return out, wide_in, narrow_out
-
-
-_LIGHT_MIN_BYTES = 1 << 20
-
-
-class SessionRecipe:
-    """What an onnxruntime session (graph optimizations off) is built from.
-
-    Preparing it is Python work (holding the GIL); create() is one call into
-    onnxruntime, which runs well on a worker thread while the main thread works. Large
-    weights are handed to onnxruntime as arrays over the model's own buffers instead of
-    going through one big serialize/parse round trip. Raises if onnxruntime is missing."""
-
-    def __init__(self, model: onnx.ModelProto, threads: int = 1) -> None:
-        import onnxruntime as ort
-
-        self._ort, self._threads = ort, threads
-        self.options = so = _options(ort, threads)
-        self._values: list = []
-        light = _light_model(ort, model, so, self._values)
-        self.data = light if light is not None else model.SerializeToString()
-        self._fallback = model if light is not None else None
-
-    def create(self):
-        ort = self._ort
-        try:
-            sess = ort.InferenceSession(self.data, self.options, providers=["CPUExecutionProvider"])
-        except Exception as e:  # noqa: BLE001 - retry the plain path before giving up
-            if self._fallback is None:
-                raise
-            log.debug("session over in-memory weights failed (%s); using the serialized model", e)
-            model, self._fallback = self._fallback, None
-            return ort.InferenceSession(model.SerializeToString(), _options(ort, self._threads),
-                                        providers=["CPUExecutionProvider"])
-        sess._graphopt_keep = self._values  # the session reads these buffers
-        return sess
-
-
-def _options(ort, threads: int):
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 4  # rejected inputs come back as exceptions (InvalidInput), not log lines
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return so
-
-
-def _light_model(ort, model: onnx.ModelProto, so, keep: list) -> bytes | None:
-    """`model` serialized without its large initializers, which are registered on `so`
-    as external initializers over the model's own buffers (kept alive in `keep`).
-    None if not worth it or not possible."""
-    big = [t for t in model.graph.initializer
-           if t.HasField("raw_data") and len(t.raw_data) >= 4096 and t.data_location != onnx.TensorProto.EXTERNAL]
-    if sum(len(t.raw_data) for t in big) < _LIGHT_MIN_BYTES or np.little_endian is False:
-        return None
-    light = onnx.ModelProto()
-    copy_fields(model, light, skip=("graph",))
-    copy_fields(model.graph, light.graph, skip=("initializer",))
-    big_names = {t.name for t in big}
-    names, values = [], []
-    for t in model.graph.initializer:
-        if t.name not in big_names:
-            light.graph.initializer.append(t)
-            continue
-        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type))
-        if dtype.kind not in "fiub" or dtype.itemsize not in (1, 2, 4, 8) or t.data_type == onnx.TensorProto.BFLOAT16:
-            light.graph.initializer.append(t)
-            continue
-        raw = t.raw_data
-        arr = np.frombuffer(raw, dtype=dtype).reshape(tuple(t.dims))
-        stub = light.graph.initializer.add()
-        stub.name, stub.data_type = t.name, t.data_type
-        stub.dims.extend(t.dims)
-        stub.data_location = onnx.TensorProto.EXTERNAL
-        for k, v in (("location", "graphopt-in-memory"), ("offset", "0"), ("length", str(len(raw)))):
-            e = stub.external_data.add()
-            e.key, e.value = k, v
-        names.append(t.name)
-        values.append(ort.OrtValue.ortvalue_from_numpy(arr))
-    so.add_external_initializers(names, values)
-    keep.extend(values)
-    return light.SerializeToString()
