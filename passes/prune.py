@@ -119,11 +119,9 @@ class ChannelPrune(Pass):
             if not sep or not pattern or not 0.0 <= r < 1.0:
                 raise GraphoptError(f"pass 'prune': layer_ratios item {item!r} is not pattern:ratio with ratio in [0, 1)")
             self.layer_ratio_rules.append((pattern, r))
-        self.budget = self.budget_for(PassContext())
 
     # ------------------------------------------------------------------------------ run
     def run(self, model: Model, ctx: PassContext) -> PassResult:
-        self.budget = self.budget_for(ctx)  # the verifier judges the result on it
         graph = model.graph
         toposort(graph)
         original_proto = model.to_onnx()

@@ -50,10 +50,8 @@ class Sparsify(Pass):
             raise GraphoptError(f"pass 'sparsify': ratio must be in [0, 1), got {self.ratio}")
         if self.block < 1:
             raise GraphoptError("pass 'sparsify': block must be >= 1")
-        self.budget = self.budget_for(PassContext())
 
     def run(self, model: Model, ctx: PassContext) -> PassResult:
-        self.budget = self.budget_for(ctx)
         zipped_before = _zipped_bytes(model)
         seen: set[int] = set()
         layers, zeros, total = {}, 0, 0

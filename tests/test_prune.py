@@ -330,11 +330,17 @@ def test_bad_options(spec):
         graphopt.optimize(pg.resnet_like(), spec, verify=False)
 
 
-def test_budget_default_and_override():
-    p = get_pass("prune")
+@pytest.mark.parametrize("name", ["prune", "sparsify"])
+def test_budget_default_and_override(name):
+    """The budget is declared (Pass.budget + budget options), never set by the pass: the
+    pass manager resolves budget_for(ctx) before the pass runs (tests/test_pipeline.py)."""
+    p = get_pass(name)
     assert p.contract == "lossy"
-    assert p().budget == {"cosine": 0.5}
-    assert p(max_rel_l2=0.1, min_top1=0.9).budget == {"rel_l2": 0.1, "top1": 0.9}
+    assert p.budget == {"cosine": 0.5}
+    assert p().budget_for(PassContext()) == {"cosine": 0.5}
+    assert p().budget_for(PassContext(budget={"rel_l2": 0.2})) == {"rel_l2": 0.2}  # --budget
+    own = p(max_rel_l2=0.1, min_top1=0.9)
+    assert own.budget_for(PassContext(budget={"rel_l2": 0.2})) == {"rel_l2": 0.1, "top1": 0.9}
 
 
 # ---------------------------------------------------------------------------- exactness
