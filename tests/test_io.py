@@ -358,7 +358,7 @@ def test_streamed_write_equals_serialize_to_string(tmp_path, monkeypatch, keep_b
     whether elements are kept encoded or encoded again when written."""
     import io as pyio
 
-    monkeypatch.setattr(gio, "_KEEP_BYTES", keep_bytes)
+    monkeypatch.setattr(gio.wire, "_KEEP_BYTES", keep_bytes)
     for m in (rich_model(), loop_scan_model(), small_model(64 * 64)):
         buf = pyio.BytesIO()
         n = gio.write_model(m, buf)
@@ -376,7 +376,7 @@ def test_streamed_write_keeps_unknown_fields(tmp_path):
 
 
 def test_streamed_write_refuses_over_2gb(tmp_path, monkeypatch):
-    monkeypatch.setattr(gio, "PROTOBUF_LIMIT", 1000)
+    monkeypatch.setattr(gio.wire, "PROTOBUF_LIMIT", 1000)
     with pytest.raises(GraphoptError, match="cannot serialize"):
         graphopt.save(small_model(), tmp_path / "o.onnx", external_data=False)
     assert list(tmp_path.iterdir()) == []
@@ -401,7 +401,7 @@ def test_streamed_write_raw_tensors_and_size_mismatch(tmp_path, monkeypatch):
     falls back to plain encoding. Both byte-identical to SerializeToString."""
     import io as pyio
 
-    monkeypatch.setattr(gio, "_KEEP_BYTES", 16)
+    monkeypatch.setattr(gio.wire, "_KEEP_BYTES", 16)
     m = small_model(64)
     t = m.graph.initializer[0]
     t.doc_string = "weights"
@@ -574,7 +574,7 @@ def test_peak_memory_of_clean_on_an_external_data_model(tmp_path):
 def test_chunked_parse_equals_plain_parse(tmp_path, monkeypatch, chunk):
     """Large files are parsed in runs of whole fields (the map's parsed pages dropped as it
     goes): the result equals onnx.load's, and a damaged file is still refused in one line."""
-    monkeypatch.setattr(gio, "_CHUNK_BYTES", chunk)
+    monkeypatch.setattr(gio.wire, "_CHUNK_BYTES", chunk)
     m = rich_model()
     for i in range(5):
         m.graph.initializer.append(numpy_helper.from_array(
