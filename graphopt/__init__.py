@@ -12,7 +12,6 @@ from .io import load, save
 from .ir import Model
 from .pipeline import (
     Instrument,
-    Option,
     Pass,
     PassContext,
     PassManager,
@@ -20,15 +19,16 @@ from .pipeline import (
     PassResult,
     Report,
     groups,
-    passes,
+    list_passes,
     register_group,
     register_pass,
 )
+from .spec import Option
 
 __version__ = "0.1.0"
 
 __all__ = [
     "GraphoptError", "Instrument", "Model", "Option", "Pass", "PassContext", "PassManager",
-    "PassRecord", "PassResult", "Report", "VerificationError", "groups", "load", "optimize",
-    "passes", "register_group", "register_pass", "save",
+    "PassRecord", "PassResult", "Report", "VerificationError", "groups", "list_passes", "load",
+    "optimize", "register_group", "register_pass", "save",
 ]

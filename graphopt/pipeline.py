@@ -1,12 +1,10 @@
-"""Passes, the registry, pipeline specs and the pass manager.
+"""Passes, the registry and the pass manager.
 
-A pipeline spec is a comma-separated list of pass or group names, each optionally with
-typed options: ``clean,fuse,prune(ratio=0.3),quant(mode=static, exclude=[Conv,Gemm])``.
-Groups (``clean``, ``fuse``, ...) expand to their member passes and may be iterated to
-a fixed point.
-
-The PassManager runs the expanded pipeline on a `Model`, calling instruments before and
-after every pass (timing, statistics, dumping, verification).
+A pipeline spec (graphopt.spec) names passes and groups with their options; groups
+(``clean``, ``fuse``, ...) expand to their member passes and may be iterated to a fixed
+point. The PassManager runs the expanded pipeline on a `Model`, calling instruments
+before and after every pass (graphopt.instruments: verification, timing, statistics,
+dumps).
 """
 
 from __future__ import annotations
@@ -22,6 +20,7 @@ from typing import Any, Callable, ClassVar, Iterable, Sequence
 
 from .errors import GraphoptError
 from .ir import Model
+from .spec import NAME_RE, Option, SpecItem, parse_spec
 
 log = logging.getLogger(__name__)
 
@@ -41,67 +40,6 @@ def budget_options(default: dict[str, float]) -> dict[str, "Option"]:
         "min_cosine": Option(float, None, "error budget: min cosine similarity of the outputs"),
         "min_top1": Option(float, None, "error budget: min top-1 agreement (classifier outputs)"),
     }
-
-
-# ---------------------------------------------------------------------------- options
-
-
-@dataclass(frozen=True)
-class Option:
-    """A typed option of a pass. `type` is int, float, bool, str or list (of str)."""
-
-    type: type
-    default: Any
-    help: str = ""
-    choices: tuple | None = None
-
-    def coerce(self, pass_name: str, name: str, raw: Any) -> Any:
-        def bad(why: str) -> GraphoptError:
-            return GraphoptError(f"pass '{pass_name}': option {name}={raw!r}: {why}")
-
-        value = raw
-        if self.type is bool:
-            if isinstance(raw, bool):
-                value = raw
-            elif isinstance(raw, str) and raw.lower() in ("1", "true", "yes", "on"):
-                value = True
-            elif isinstance(raw, str) and raw.lower() in ("0", "false", "no", "off"):
-                value = False
-            else:
-                raise bad("expected true or false")
-        elif self.type is int:
-            try:
-                value = int(raw)
-                if isinstance(raw, float) and raw != value:
-                    raise ValueError
-            except (TypeError, ValueError):
-                raise bad("expected an integer") from None
-        elif self.type is float:
-            try:
-                value = float(raw)
-            except (TypeError, ValueError):
-                raise bad("expected a number") from None
-        elif self.type is list:
-            if isinstance(raw, str):
-                value = [raw] if raw else []
-            elif isinstance(raw, (list, tuple)):
-                value = [str(v) for v in raw]
-            else:
-                raise bad("expected a list like [a,b]")
-        elif self.type is str:
-            value = str(raw)
-        if self.choices is not None:
-            items = value if isinstance(value, list) else [value]
-            for item in items:
-                if item not in self.choices:
-                    raise bad(f"expected one of {', '.join(map(str, self.choices))}")
-        return value
-
-    def describe(self) -> str:
-        kind = self.type.__name__
-        if self.choices:
-            kind = "|".join(map(str, self.choices))
-        return f"{kind}={self.default!r}" if self.default is not None else kind
 
 
 # ---------------------------------------------------------------------------- passes
@@ -222,13 +160,12 @@ class Group:
 _PASSES: dict[str, type[Pass]] = {}
 _GROUPS: dict[str, Group] = {}
 _discovered = False
-_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-.]*$")
 
 
 def register_pass(name: str, *, replace: bool = False) -> Callable[[type[Pass]], type[Pass]]:
     """Class decorator registering a Pass subclass under `name`."""
 
-    if not _NAME_RE.match(name):
+    if not NAME_RE.match(name):
         raise ValueError(f"invalid pass name {name!r}")
 
     def deco(cls: type[Pass]) -> type[Pass]:
@@ -256,19 +193,23 @@ def register_group(
 
 
 def discover() -> None:
-    """Import the built-in passes and those of installed plugins (entry points)."""
+    """Import the built-in passes (the package graphopt.passes, the repository's passes/
+    folder) and those of installed plugins (entry points of group graphopt.passes)."""
     global _discovered
     if _discovered:
         return
     _discovered = True
-    _import_builtin_passes()
-    # Importing the subpackage graphopt.passes rebinds the attribute `graphopt.passes`
-    # to the module, hiding the public function graphopt.passes(); put the function back.
-    import sys
+    try:
+        importlib.import_module("graphopt.passes")
+    except ModuleNotFoundError as e:
+        if e.name != "graphopt.passes":
+            raise
+        from pathlib import Path
 
-    top = sys.modules.get("graphopt")
-    if top is not None and getattr(top, "passes", None) is not passes:
-        top.passes = passes
+        raise GraphoptError(
+            f"the built-in passes (graphopt.passes) are missing: graphopt was imported from "
+            f"{Path(__file__).parent}, a source checkout that shadows the installed package; "
+            "install the checkout with pip install -e . or run from another folder") from None
     from importlib.metadata import entry_points
 
     for ep in entry_points(group="graphopt.passes"):
@@ -276,30 +217,6 @@ def discover() -> None:
             ep.load()
         except Exception as e:  # a broken plugin must not break graphopt
             log.warning("could not load pass plugin '%s': %s", ep.name, e)
-
-
-def _import_builtin_passes() -> None:
-    """Import graphopt.passes. Installed, it is a subpackage; run from a source checkout
-    with a non-editable install elsewhere, the checkout's graphopt/ shadows it and the
-    passes sit in ../passes, so load them from there under their installed name."""
-    import sys
-    from pathlib import Path
-
-    try:
-        importlib.import_module("graphopt.passes")
-        return
-    except ModuleNotFoundError as e:
-        if e.name != "graphopt.passes":
-            raise
-    source = Path(__file__).resolve().parent.parent / "passes" / "__init__.py"
-    spec = importlib.util.spec_from_file_location(
-        "graphopt.passes", source, submodule_search_locations=[str(source.parent)]
-    )
-    if spec is None or not source.is_file():
-        raise ModuleNotFoundError("graphopt.passes is missing: reinstall graphopt")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["graphopt.passes"] = module
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
 
 
 def load_plugin(module: str) -> None:
@@ -333,12 +250,22 @@ def load_plugin(module: str) -> None:
         raise GraphoptError(f"cannot import plugin '{module}': {e}") from e
 
 
-def passes() -> dict[str, type[Pass]]:
+def list_passes() -> dict[str, type[Pass]]:
+    """Every registered pass by name (built-in and plugins), sorted."""
     discover()
     return dict(sorted(_PASSES.items()))
 
 
+def passes() -> dict[str, type[Pass]]:
+    """Deprecated name of `list_passes` (graphopt.passes is the package of built-in passes)."""
+    import warnings
+
+    warnings.warn("graphopt.pipeline.passes() is now list_passes()", DeprecationWarning, stacklevel=2)
+    return list_passes()
+
+
 def groups() -> dict[str, Group]:
+    """Every registered group by name, sorted."""
     discover()
     return dict(sorted(_GROUPS.items()))
 
@@ -357,116 +284,6 @@ def _unknown(name: str) -> str:
     close = difflib.get_close_matches(name, names, n=1)
     hint = f" (did you mean '{close[0]}'?)" if close else ""
     return f"unknown pass '{name}'{hint}; available: {', '.join(names)}"
-
-
-# ---------------------------------------------------------------------------- spec parser
-
-
-@dataclass(frozen=True)
-class SpecItem:
-    name: str
-    options: dict[str, Any]
-
-
-_TOKEN = re.compile(
-    r"""\s*(?:
-        (?P<str>"[^"]*"|'[^']*')
-      | (?P<punct>[(),=\[\]])
-      | (?P<word>[^\s(),=\[\]"']+)
-    )""",
-    re.VERBOSE,
-)
-
-
-def _tokenize(spec: str) -> list[tuple[str, str]]:
-    tokens, pos = [], 0
-    spec = spec.rstrip()
-    while pos < len(spec):
-        m = _TOKEN.match(spec, pos)
-        if not m or m.end() == pos:
-            raise GraphoptError(f"invalid pipeline spec at column {pos + 1}: {spec!r}")
-        pos = m.end()
-        kind = m.lastgroup
-        tokens.append((kind, m.group(kind)))
-    return tokens
-
-
-def _literal(kind: str, text: str) -> Any:
-    if kind == "str":
-        return text[1:-1]
-    for conv in (int, float):
-        try:
-            return conv(text)
-        except ValueError:
-            pass
-    if text.lower() in ("true", "false"):
-        return text.lower() == "true"
-    return text
-
-
-def parse_spec(spec: str) -> list[SpecItem]:
-    """Parse a pipeline spec into items (names are not resolved here)."""
-    if not spec or not spec.strip():
-        raise GraphoptError("empty pipeline spec (try -p clean)")
-    toks = _tokenize(spec)
-    items: list[SpecItem] = []
-    i = 0
-
-    def err(msg: str) -> GraphoptError:
-        return GraphoptError(f"invalid pipeline spec {spec!r}: {msg}")
-
-    def expect(value: str) -> None:
-        nonlocal i
-        if i >= len(toks) or toks[i][1] != value:
-            got = toks[i][1] if i < len(toks) else "end of spec"
-            raise err(f"expected '{value}', got '{got}'")
-        i += 1
-
-    while True:
-        if i >= len(toks) or toks[i][0] != "word":
-            got = toks[i][1] if i < len(toks) else "end of spec"
-            raise err(f"expected a pass name, got '{got}'")
-        name = toks[i][1]
-        if not _NAME_RE.match(name):
-            raise err(f"'{name}' is not a valid pass name")
-        i += 1
-        opts: dict[str, Any] = {}
-        if i < len(toks) and toks[i][1] == "(":
-            i += 1
-            while i < len(toks) and toks[i][1] != ")":
-                if toks[i][0] != "word":
-                    raise err(f"expected an option name, got '{toks[i][1]}'")
-                key = toks[i][1]
-                i += 1
-                expect("=")
-                if i < len(toks) and toks[i][1] == "[":
-                    i += 1
-                    values = []
-                    while i < len(toks) and toks[i][1] != "]":
-                        if toks[i][0] not in ("word", "str"):
-                            raise err(f"unexpected '{toks[i][1]}' in list")
-                        values.append(_literal("str", f'"{toks[i][1]}"') if toks[i][0] == "word" else _literal(*toks[i]))
-                        i += 1
-                        if i < len(toks) and toks[i][1] == ",":
-                            i += 1
-                    expect("]")
-                    value: Any = values
-                elif i < len(toks) and toks[i][0] in ("word", "str"):
-                    value = _literal(*toks[i])
-                    i += 1
-                else:
-                    raise err(f"option '{key}' has no value")
-                if key in opts:
-                    raise err(f"option '{key}' given twice")
-                opts[key] = value
-                if i < len(toks) and toks[i][1] == ",":
-                    i += 1
-            expect(")")
-        items.append(SpecItem(name, opts))
-        if i >= len(toks):
-            break
-        expect(",")
-    return items
 
 
 @dataclass

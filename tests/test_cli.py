@@ -78,7 +78,7 @@ def test_command_passes_lists_everything():
     r = subprocess.run([graphopt_exe(), "passes"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0
     # Only the built-in passes: other tests register throwaway passes in this process.
-    builtin = {n: c for n, c in pipeline.passes().items() if c.__module__.startswith("graphopt.passes")}
+    builtin = {n: c for n, c in pipeline.list_passes().items() if c.__module__.startswith("graphopt.passes")}
     assert len(builtin) >= 10
     for name, cls in builtin.items():
         assert name in r.stdout and cls.summary()[:30] in r.stdout.replace("\n      ", " ")
@@ -106,7 +106,7 @@ def test_output_json_and_quiet(model_file, tmp_path, capsys):
 def test_passes_json(capsys):
     assert main(["passes", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
-    assert set(data["passes"]) == set(pipeline.passes())
+    assert set(data["passes"]) == set(pipeline.list_passes())
     assert set(data["groups"]) == set(pipeline.groups())
     assert data["groups"]["clean"]["fixed_point"] is True
     for info in data["passes"].values():

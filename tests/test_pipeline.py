@@ -16,7 +16,8 @@ import graphopt
 from graphopt import Instrument, Model, Option, Pass, PassContext, PassManager, PassResult, pipeline
 from graphopt.cli import main
 from graphopt.errors import GraphoptError
-from graphopt.pipeline import build_pipeline, parse_spec
+from graphopt.pipeline import build_pipeline
+from graphopt.spec import parse_spec
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
@@ -81,7 +82,7 @@ def test_unknown_pass_lists_what_exists():
         build_pipeline("clena")
     msg = str(e.value)
     assert "\n" not in msg and "unknown pass 'clena'" in msg and "did you mean 'clean'" in msg
-    for name in list(pipeline.passes()) + list(pipeline.groups()):
+    for name in list(pipeline.list_passes()) + list(pipeline.groups()):
         assert name in msg
 
 
@@ -298,7 +299,7 @@ def test_entry_point_discovery(registry, tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(pkg))
     importlib.invalidate_caches()
     pipeline._discovered = False
-    assert "t-from-entry-point" in pipeline.passes()
+    assert "t-from-entry-point" in pipeline.list_passes()
     monkeypatch.delitem(sys.modules, "gotest_plugin")
 
 
@@ -342,8 +343,15 @@ def test_example_pass_via_plugin_flag(registry, tmp_path, monkeypatch, capsys):
     sys.modules.pop("custom_pass", None)
 
 
-def test_public_listing_functions_survive_discovery():
-    """Importing the graphopt.passes subpackage must not hide graphopt.passes()."""
+def test_listing_functions_and_the_passes_package_are_distinct():
+    """graphopt.list_passes() lists; graphopt.passes is the package of built-in passes,
+    installed from the top-level passes/ folder (no loading hack rebinds it)."""
+    import types
+
     pipeline.discover()
-    assert callable(graphopt.passes) and "dce" in graphopt.passes()
-    assert "clean" in graphopt.groups()
+    assert "dce" in graphopt.list_passes() and "clean" in graphopt.groups()
+    assert isinstance(graphopt.passes, types.ModuleType) and graphopt.passes.__name__ == "graphopt.passes"
+    assert Path(graphopt.passes.__file__).parent.name == "passes"
+    assert graphopt.list_passes()["dce"].__module__.startswith("graphopt.passes.")
+    with pytest.warns(DeprecationWarning, match="list_passes"):
+        assert pipeline.passes() == graphopt.list_passes()

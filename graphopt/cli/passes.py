@@ -17,7 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    passes, groups = pipeline.passes(), pipeline.groups()
+    passes, groups = pipeline.list_passes(), pipeline.groups()
     if args.json:
         json.dump({
             "passes": {

@@ -5,7 +5,7 @@
 Every option written as a list is a choice (unless the pass option itself takes a list: then
 a list is its one value, and choices of lists are written in TOML). `enabled=[true,false]` lets
 a trial skip the pass; a `none` choice does the same unless `none` is a legal value of that
-option. The spec is parsed by `graphopt.pipeline.parse_spec`; names and option values are
+option. The spec is parsed by `graphopt.spec.parse_spec`; names and option values are
 checked against the registered passes before anything runs.
 
 TOML form (for larger spaces)::
@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import GraphoptError
-from ..pipeline import discover, get_pass, groups, parse_spec
+from ..pipeline import discover, get_pass, groups
+from ..spec import parse_spec
 
 SKIP = "none"
 
