@@ -1,0 +1,49 @@
+"""upgrade-opset: convert the model with onnx's version converter, only when the user allowed
+it (--allow-opset-upgrade) and a fusion found needs the newer opset (HardSwish 14,
+LayerNormalization 17, Gelu 20: the `emits` of those rules)."""
+
+from __future__ import annotations
+
+import logging
+
+from graphopt import Model, Option, Pass, PassContext, PassResult, register_pass
+
+log = logging.getLogger(__name__)
+
+
+def _wanted_opset(model: Model, ctx: PassContext) -> int:
+    ops = {n.op for n in model.graph.nodes}
+    want = 0
+    if "HardSigmoid" in ops:
+        want = max(want, 14)
+    if "ReduceMean" in ops and "Sqrt" in ops:
+        want = max(want, 17)
+    if "Erf" in ops and ctx.target != "ort":
+        want = max(want, 20)
+    return want
+
+
+@register_pass("upgrade-opset")
+class UpgradeOpset(Pass):
+    """Convert to a newer opset when allowed (--allow-opset-upgrade) and a fusion needs it."""
+
+    contract = "float"
+    options = {"version": Option(int, 0, "target opset (0: the lowest that the fusions found need)")}
+
+    def run(self, model: Model, ctx: PassContext) -> PassResult:
+        if not ctx.allow_opset_upgrade:
+            return PassResult(False, {})
+        cur = model.opset() or 0
+        want = self.version or _wanted_opset(model, ctx)
+        if want <= cur:
+            return PassResult(False, {})
+        import onnx
+        from onnx import version_converter
+        try:
+            converted = version_converter.convert_version(model.to_onnx(), want)
+            onnx.checker.check_model(converted)
+        except Exception as e:  # the converter fails on assorted models
+            log.warning("opset upgrade %d -> %d failed, keeping opset %d: %s", cur, want, cur, str(e).splitlines()[0] if str(e) else e)
+            return PassResult(False, {"failed": 1})
+        model.replace_with(Model.from_onnx(converted))
+        return PassResult(True, {"from": cur, "to": want})
