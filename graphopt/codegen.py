@@ -497,21 +497,14 @@ def front_end(model: onnx.ModelProto, spec: str, input_shapes: dict[str, tuple],
               verify: bool = True, verify_options: dict | None = None, seed: int = 0,
               input_ranges: dict | None = None, samples: list | None = None, progress=None):
     """Run graphopt's passes for TVM: (optimized proto, report)."""
-    from .ir import Model
-    from .pipeline import PassContext, PassManager
+    from .driver import pass_manager, run_pipeline
+    from .pipeline import PassContext
 
     ctx = PassContext(target="tvm", input_shapes=dict(input_shapes), seed=seed,
                       input_ranges=dict(input_ranges or {}), samples=samples)
-    instruments = []
-    if verify:
-        from .verify import VerifyInstrument
-
-        instruments.append(VerifyInstrument(**(verify_options or {})))
-    manager = PassManager(spec, ctx, instruments)
-    manager.progress = progress
-    working = Model.from_onnx(model)
-    report = manager.run(working)
-    return working.to_onnx(), report
+    manager = pass_manager(spec, ctx, verify=verify, verify_options=verify_options, progress=progress)
+    out, _, report = run_pipeline(model, manager)
+    return out, report
 
 
 def compile_model(
@@ -602,7 +595,7 @@ def compile_model(
         progress("importing into TVM")
     t0 = time.perf_counter()
     hint = ""
-    if "static-shapes" not in spec and "bind-shapes" not in spec:
+    if report is None or not any(r.name == "bind-shapes" for r in report.records):
         hint = f" (hint: run graphopt's static-shapes passes first, e.g. -p {DEFAULT_SPEC})"
     mod = import_onnx(optimized, shapes, hint=hint)
     times["import"] = time.perf_counter() - t0

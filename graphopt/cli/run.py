@@ -57,11 +57,8 @@ def _check_side_outputs(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     _check_side_outputs(args)
     ctx = options.context_from_args(args)
+    verify_options = None if args.no_verify else options.verify_options_from_args(args)
     instruments = []
-    if not args.no_verify:
-        from ..verify import VerifyInstrument
-
-        instruments.append(VerifyInstrument(**options.verify_options_from_args(args)))
     if args.dump_after:
         instruments.append(DumpAfter(args.dump_after, args.dump_dir))
     external = {"auto": None, "always": True, "never": False}[args.external_data]
@@ -82,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
             stage_profiler.progress = progress
         out, report = api.optimize_file(
             args.model, args.output, args.pipeline, ctx=ctx, instruments=instruments,
+            verify=not args.no_verify, verify_options=verify_options,
             in_place=args.in_place, external_data=external, progress=progress,
         )
         if stage_profiler is not None:

@@ -39,13 +39,7 @@ def optimize_one(src: str, dst: str, spec: str, ctx_fields: dict, verify: bool) 
     t0 = time.time()
     out: dict[str, Any] = {"input": src, "output": dst, **node_info(), "t0": t0}
     try:
-        instruments = []
-        if verify:
-            from ..verify import VerifyInstrument
-
-            instruments.append(VerifyInstrument())
-        _, report = api.optimize_file(src, dst, spec, ctx=PassContext(**ctx_fields),
-                                      instruments=instruments)
+        _, report = api.optimize_file(src, dst, spec, ctx=PassContext(**ctx_fields), verify=verify)
         out.update(ok=True, reason="", nodes_before=report.nodes_before,
                    nodes_after=report.nodes_after, bytes_before=report.bytes_before,
                    bytes_after=report.bytes_after, size=os.path.getsize(dst),
