@@ -19,6 +19,7 @@ import numpy as np
 import onnx
 
 from graphopt import progress
+from graphopt.runtime import session
 
 log = logging.getLogger(__name__)
 
@@ -36,17 +37,11 @@ def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
     return m
 
 
-def session_with_outputs(model: onnx.ModelProto, names: list[str], threads: int = 2):
-    """An onnxruntime session (graph optimizations off, so every tensor still exists) that
-    also returns the intermediate tensors `names`."""
-    import onnxruntime as ort
-
-    m = with_outputs(model, names)
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    so.intra_op_num_threads = threads
-    return ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+def session_with_outputs(model: onnx.ModelProto, names: list[str], threads: int = 2, *,
+                         optimize: bool = False):
+    """An onnxruntime session that also returns the intermediate tensors `names` (with
+    graph optimizations off by default, so that every tensor still exists)."""
+    return session(with_outputs(model, names), threads=threads, optimize=optimize, log_level=3)
 
 
 def collect(model: onnx.ModelProto, names: list[str], samples: list[dict], method: str = "minmax",

@@ -26,6 +26,7 @@ import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
 from graphopt import Model, Option, Pass, PassContext, PassResult, register_group, register_pass
+from graphopt.runtime import session
 from graphopt.ir import (const_value, is_tensor, iter_graphs, remove_dead_nodes, replace_all_uses,
                           sort_nodes, subgraphs_of, why_not_replace)
 
@@ -318,8 +319,6 @@ def _fold_shapes(graph: gs.Graph) -> int:
 
 def _evaluate(model: Model, nodes: list[gs.Node], graph: gs.Graph) -> dict[str, np.ndarray] | None:
     """Run `nodes` (a closed, constant-fed set) in one onnxruntime session."""
-    import onnxruntime as ort
-
     consts: dict[str, gs.Constant] = {}
     for node in nodes:
         for t in node.inputs:
@@ -334,12 +333,8 @@ def _evaluate(model: Model, nodes: list[gs.Node], graph: gs.Graph) -> dict[str, 
     pg = onnx.helper.make_graph(pnodes, "fold", [], outputs, initializer=inits)
     opsets = [onnx.helper.make_opsetid("", model.opset("") or 17)]
     pm = onnx.helper.make_model(pg, opset_imports=opsets, ir_version=max(model.ir_version, 4))
-    so = ort.SessionOptions()
-    so.log_severity_level = 4
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    so.intra_op_num_threads = 1
     try:
-        sess = ort.InferenceSession(pm.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        sess = session(pm, threads=1)  # graph optimizations off, as the nodes are written
         res = sess.run([t.name for t in outs], {})
     except Exception as e:
         log.debug("constant folding batch failed (%s); folding node by node", e)

@@ -33,6 +33,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from graphopt import Model, Option, Pass, PassContext, PassResult, register_pass
+from graphopt.runtime import options, session
 from graphopt.ir import const_value, fresh_namer, observed_names, outer_names_used, subgraphs_of
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,6 @@ def probe_block_size() -> int:
     import tempfile
     import os
 
-    import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
     c = 64
@@ -65,12 +65,8 @@ def probe_block_size() -> int:
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "probe.onnx")
-        so = ort.SessionOptions()
-        so.log_severity_level = 4
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.optimized_model_filepath = path
-        try:
-            ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        try:  # onnxruntime's own threads (0), its rewrites on, the result saved
+            session(m, so=options(0, optimize=True, optimized_path=path))
             out = onnx.load(path)
         except Exception as e:  # no saved model: treat as "no NCHWc here"
             log.debug("nchwc probe failed: %s", e)
@@ -374,7 +370,7 @@ def _annotate_shapes(model: Model) -> None:
     from graphopt.analysis.shapes import infer_shapes
 
     try:
-        shapes = {k: list(v) for k, v in infer_shapes(proto).shapes.items() if v is not None}
+        shapes = infer_shapes(proto).as_lists()
     except Exception as e:  # best effort
         log.debug("ort-nchwc: shape inference failed: %s", e)
         return

@@ -277,6 +277,7 @@ def test_optional_and_sequence_values_survive_export_and_clean():
     optional type; `clean` (unverified: the verifier cannot draw an optional input) gives a
     model onnxruntime loads and that computes the expected outputs."""
     from graphopt.ir import Model
+    from graphopt import runtime
     from graphopt.testing import conformance
 
     case = _onnx_case("node/test_loop16_seq_none")
@@ -289,7 +290,7 @@ def test_optional_and_sequence_values_survive_export_and_clean():
         any(i.type.HasField("optional_type") for i in again.graph.input)
     opt = graphopt.optimize(model, "clean", verify=False)
     ins, expected = case.data_sets()[0]
-    got = conformance._run(conformance._session(opt), ins)
+    got = conformance._run(runtime.session(opt), ins)
     conformance._check_outputs(expected, got, case.rtol, case.atol)
 
 

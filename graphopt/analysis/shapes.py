@@ -46,6 +46,10 @@ class ShapeInfo:
     def shape(self, name: str) -> tuple | None:
         return self.shapes.get(name)
 
+    def as_lists(self) -> dict[str, list]:
+        """Tensor name -> dims as a list, for the tensors whose rank is known."""
+        return {k: list(v) for k, v in self.shapes.items() if v is not None}
+
 
 def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     """The real inputs of the main graph (not initializers listed as inputs)."""
@@ -236,7 +240,7 @@ def infer_shapes(
     bound, named = resolve_input_shapes(model, input_shapes, dims=dims, batch=batch)
     sk = skeleton(model, bound)
     info = ShapeInfo(bound=dict(bound), dims=named)
-    inferred = _onnx_inferred(sk)
+    inferred = onnx_inferred(sk)
     inferred = sk if inferred is None else inferred
     _collect(inferred, info, overwrite=False)
     if _has_unknown_values(inferred, info):
@@ -270,7 +274,7 @@ def static_shapes(model: onnx.ModelProto,
             for d, v in zip(vi.type.tensor_type.shape.dim, dims):
                 if isinstance(v, int) and v > 0:
                     d.dim_value = v
-    inferred = _onnx_inferred(sk)
+    inferred = onnx_inferred(sk)
     inferred = model if inferred is None else inferred
     shapes: dict[str, list] = {}
     g = inferred.graph
@@ -284,11 +288,11 @@ def static_shapes(model: onnx.ModelProto,
     return shapes
 
 
-def _onnx_inferred(sk: onnx.ModelProto) -> onnx.ModelProto | None:
-    """onnx shape inference (with data propagation) of a skeleton; None if it fails."""
+def onnx_inferred(sk: onnx.ModelProto, *, data_prop: bool = True) -> onnx.ModelProto | None:
+    """`sk` (a `skeleton`) with the value_info onnx shape inference adds; None if it fails."""
     try:
         return onnx.shape_inference.infer_shapes(sk, check_type=False, strict_mode=False,
-                                                 data_prop=True)
+                                                 data_prop=data_prop)
     except Exception as e:  # onnx raises InferenceError and friends on broken models
         log.info("onnx shape inference failed (%s); using declared shapes only", e)
         return None

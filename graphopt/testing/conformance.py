@@ -37,6 +37,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from ..runtime import session
+
 log = logging.getLogger(__name__)
 
 OUTCOMES = ("ok", "refused", "crash", "rejected-after", "wrong-output", "not-runnable")
@@ -185,16 +187,6 @@ def _load_data(case: Case) -> list[tuple[list, list]]:
 # -- running ---------------------------------------------------------------------------
 
 
-def _session(model: onnx.ModelProto | bytes | str):
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.log_severity_level = 4
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    so.intra_op_num_threads = 1
-    so.inter_op_num_threads = 1
-    src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
-    return ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
 
 
 def _run(sess, inputs: list) -> list:
@@ -257,9 +249,9 @@ def baseline(case: Case) -> str | None:
     if not sets:
         return "no test data"
     try:
-        sess = _session(model)
-    except Exception as e:
-        return f"onnxruntime cannot load: {_first_line(e)}"
+        sess = session(model)
+    except Exception as e:  # RuntimeRejected: name onnxruntime's own exception
+        return f"onnxruntime cannot load: {_first_line(e.__cause__ or e)}"
     for ins, outs in sets:
         try:
             got = _run(sess, ins)
@@ -364,9 +356,9 @@ def run_case(case: Case, tool: Tool, tool_name: str, workdir: str | None = None,
             return Outcome(cid, tool_name, "crash", _first_line(e), _where(e), time.perf_counter() - t0)
         secs = time.perf_counter() - t0
         try:
-            sess = _session(dst)
-        except Exception as e:
-            return Outcome(cid, tool_name, "rejected-after", _first_line(e), seconds=secs)
+            sess = session(dst)
+        except Exception as e:  # RuntimeRejected: name onnxruntime's own exception
+            return Outcome(cid, tool_name, "rejected-after", _first_line(e.__cause__ or e), seconds=secs)
         for ins, outs in case.data_sets():
             try:
                 got = _run(sess, ins)

@@ -201,12 +201,10 @@ def infer_int_bounds(model: onnx.ModelProto, name: str, inferred: onnx.ModelProt
 
 
 def _inferred(model: onnx.ModelProto) -> onnx.ModelProto:
-    from ..analysis.shapes import skeleton  # shapes only: leave the weights' data out
+    from ..analysis.shapes import onnx_inferred, skeleton  # shapes only: leave the weights' data out
 
-    try:
-        return onnx.shape_inference.infer_shapes(skeleton(model), strict_mode=False)
-    except Exception:  # noqa: BLE001 - bounds are a best effort
-        return model
+    inferred = onnx_inferred(skeleton(model), data_prop=False)
+    return model if inferred is None else inferred  # bounds are a best effort
 
 
 # ------------------------------------------------------------------- the input space

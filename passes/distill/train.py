@@ -32,7 +32,7 @@ from graphopt import GraphoptError, progress
 import torch
 import torch.nn.functional as F
 
-from .._calibrate import with_outputs
+from .._calibrate import session_with_outputs
 from .interp import TorchGraph
 
 log = logging.getLogger("graphopt.passes.distill")
@@ -92,16 +92,9 @@ def free_batch(proto: onnx.ModelProto) -> onnx.ModelProto:
 
 class _Teacher:
     def __init__(self, proto: onnx.ModelProto, heads: list[str], probe: dict[str, np.ndarray]):
-        import onnxruntime as ort
-
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = 1
-        so.inter_op_num_threads = 1
-        so.log_severity_level = 3
         self.heads = heads
         for candidate in (free_batch(proto), proto):
-            m = with_outputs(candidate, heads)
-            self.sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+            self.sess = session_with_outputs(candidate, heads, threads=1, optimize=True)
             self.fixed = {i.name: i.shape[0] for i in self.sess.get_inputs()
                           if i.shape and isinstance(i.shape[0], int) and i.shape[0] > 0}
             if candidate is proto:
