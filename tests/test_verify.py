@@ -566,7 +566,7 @@ def test_background_and_inline_checks_agree(bad_passes, tmp_path):
 
 
 def test_models_without_random_ops_skip_the_determinism_rerun():
-    from graphopt.verify.compare import may_be_random
+    from graphopt.verify.probe import may_be_random
 
     assert not may_be_random(conv_model()) and not may_be_random(transformerish())
     g = h.make_graph([h.make_node("RandomNormalLike", ["x"], ["r"]), h.make_node("Add", ["x", "r"], ["y"])], "g",

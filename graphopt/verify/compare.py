@@ -9,12 +9,8 @@ searches the input space and shrinks to a minimal counterexample (bounded in tim
 from __future__ import annotations
 
 import logging
-import os
 import random
-import shlex
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,133 +19,21 @@ import onnx
 from .. import progress as _progress
 from ..errors import GraphoptError
 from .contracts import DEFAULT_ATOL, FALLBACK_RTOL, Contract, OutputCheck, check_output, is_float_dtype
-from .inputs import Example, InputSpace, graph_inputs
+from .inputs import Example, InputSpace
 from .noise import NOISE_FACTOR, NoiseSource
+from .probe import _attempts, make_space, run_ahead
+from .repro import save_repro, unique_dir
+from .result import CompareResult, SignatureMismatch, check_signatures
 from .runner import InvalidInput, Runner, RunnerUnavailable, _digest
 
 log = logging.getLogger(__name__)
 
+# what other modules import from here (result, probe and repro hold the rest of a check)
+__all__ = ["CompareResult", "DEFAULT_EXAMPLES", "SHRINK_SECONDS", "SignatureMismatch", "compare", "make_space",
+           "run_ahead", "save_repro", "unique_dir"]
+
 DEFAULT_EXAMPLES = 8
 SHRINK_SECONDS = 20.0
-
-
-class SignatureMismatch(GraphoptError):
-    """The two models do not take the same inputs or give the same number of outputs."""
-
-
-@dataclass
-class CompareResult:
-    ok: bool
-    contract: Contract
-    examples: int = 0                   # examples compared (samples + drawn)
-    samples_used: int = 0
-    skipped: bool = False
-    reason: str = ""                    # why skipped
-    worst: OutputCheck | None = None    # the worst output check (failing one if not ok)
-    counterexample: dict[str, np.ndarray] | None = None
-    counterexample_text: str = ""
-    shrunk: bool = False
-    shrink_steps: int = 0
-    backend: str = "onnxruntime"
-    notes: list[str] = field(default_factory=list)
-    repro: str | None = None
-    seconds: float = 0.0
-    model_runs: int = 0                 # inference runs this check cost (cached ones excluded)
-    runs_ahead: int = 0                 # of those, reference runs made before the check started
-    noise_runs: int = 0                 # runs of the weight-perturbed model (float noise floors)
-    # reusable by the caller (the instrument keeps them for the next check)
-    runner_a: Runner | None = field(default=None, repr=False)
-    runner_b: Runner | None = field(default=None, repr=False)
-    space: InputSpace | None = field(default=None, repr=False)
-    noise: NoiseSource | None = field(default=None, repr=False)
-
-    @property
-    def summary(self) -> str:
-        if self.skipped:
-            return f"skipped: {self.reason}"
-        w = self.worst
-        if self.ok:
-            if w is None or w.error == 0 or self.contract.kind == "exact" or (w.measure == "max abs err" and w.tolerance == 0):
-                detail = "exact" if w is None or w.error == 0 else f"max err {w.error:.1g}"
-            elif w.measure in ("cosine", "top1"):
-                detail = f"{w.measure} {w.error:.4g} ≥ {w.tolerance:.4g}"
-            else:
-                detail = f"{'max err' if w.measure == 'max abs err' else w.measure} {w.error:.1g} ≤ {w.tolerance:.1g}"
-            ref = "" if self.backend == "onnxruntime" else f" [{self.backend}]"
-            return f"ok {self.examples}/{self.examples}, {detail}{ref}"
-        assert w is not None
-        return f"FAILED {w.name}: {self.failure_detail()}"
-
-    def failure_detail(self) -> str:
-        w = self.worst
-        if w is None:
-            return "unknown"
-        if w.measure in ("shape", "dtype", "nan", "crash", "rejected", "kind"):
-            return w.detail
-        if w.measure in ("cosine", "top1"):
-            return f"{w.measure} {w.error:.4g} < {w.tolerance:.4g}"
-        extra = f" ({w.detail})" if w.detail else ""
-        return f"{w.measure} {w.error:.3g} > {w.tolerance:.3g}{extra}"
-
-    def message(self, what: str = "the models differ") -> str:
-        if self.ok:
-            return f"{what}: {self.summary}"
-        w = self.worst
-        if w is not None and w.measure == "rejected":
-            text = f"{what}: {w.detail}"
-            return text + (f"; reproducer in {self.repro}" if self.repro else "")
-        text = (f"{what}: output '{w.name}' {self.failure_detail()} under the "
-                f"{self.contract.describe()} contract, on {self.counterexample_text}")
-        if self.repro:
-            text += f"; reproducer in {self.repro}"
-        return text
-
-    def as_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {
-            "status": "skipped" if self.skipped else ("ok" if self.ok else "failed"),
-            "summary": self.summary, "contract": self.contract.describe(),
-            "examples": self.examples, "samples": self.samples_used, "backend": self.backend,
-            "seconds": round(self.seconds, 4), "model_runs": self.model_runs,
-        }
-        if self.runs_ahead:
-            d["runs_ahead"] = self.runs_ahead
-        if self.noise_runs:
-            d["noise_runs"] = self.noise_runs
-        if self.worst is not None:
-            d.update(worst_output=self.worst.name, measure=self.worst.measure,
-                     error=self.worst.error, tolerance=self.worst.tolerance)
-        if self.skipped:
-            d["reason"] = self.reason
-        if not self.ok and not self.skipped:
-            d.update(counterexample=self.counterexample_text, shrunk=self.shrunk,
-                     shrink_steps=self.shrink_steps)
-            if self.counterexample is not None:
-                d["counterexample_shapes"] = {k: ([list(np.shape(x)) for x in v] if isinstance(v, (list, tuple))
-                                                  else list(np.shape(v))) for k, v in self.counterexample.items()}
-        if self.repro:
-            d["repro"] = self.repro
-        if self.notes:
-            d["notes"] = list(self.notes)
-        return d
-
-
-def check_signatures(a: onnx.ModelProto, b: onnx.ModelProto) -> None:
-    ia = {s.name: s for s in graph_inputs(a)}
-    ib = {s.name: s for s in graph_inputs(b)}
-    if ia.keys() != ib.keys():
-        only_a, only_b = sorted(ia.keys() - ib.keys()), sorted(ib.keys() - ia.keys())
-        raise SignatureMismatch(
-            "the models take different inputs: "
-            + "; ".join(x for x in (f"only the first has {', '.join(only_a)}" if only_a else "",
-                                    f"only the second has {', '.join(only_b)}" if only_b else "") if x))
-    for name, s in ia.items():
-        if s.container != ib[name].container:
-            raise SignatureMismatch(f"input '{name}' is a {s.container} in the first model but a "
-                                    f"{ib[name].container} in the second")
-        if s.elem_type != ib[name].elem_type:
-            raise SignatureMismatch(f"input '{name}' is {s.dtype} in the first model but {ib[name].dtype} in the second")
-    if len(a.graph.output) != len(b.graph.output):
-        raise SignatureMismatch(f"the first model has {len(a.graph.output)} outputs, the second {len(b.graph.output)}")
 
 
 class _Checker:
@@ -487,134 +371,6 @@ def _fail(result: CompareResult, checker: _Checker, c: OutputCheck, ex: Example,
     return _done(result, t0)
 
 
-def make_space(model: onnx.ModelProto, runner: Runner, input_shapes=None, input_ranges=None,
-               space: InputSpace | None = None) -> InputSpace:
-    """The input space of a model (or `space`, made by InputSpace.from_model), probed:
-    symbolic dims are raised until the model accepts the smallest example (e.g. a CNN
-    whose image dims are symbolic)."""
-    if space is None:
-        space = InputSpace.from_model(model, input_shapes, input_ranges)
-    space.probed_ok = False
-    space.probe_error = ""
-    dims = space.min_dims()
-    too_big = _too_big(space, dims)
-    if too_big:
-        space.probe_error = too_big
-        space.too_big = True
-        return space
-    recipe = {s.name: ({"float": "normal", "int": "uniform", "bool": "random"}[s.kind]
-                       if s.float_range is None else "uniform", 0) for s in space.specs}
-    for attempt in range(7):
-        try:
-            runner.run(Example(dims, recipe, space).feeds)
-            space.probed_ok = True
-            break
-        except InvalidInput as e:
-            space.probe_error = str(e)[:200]
-        except (MemoryError, ValueError) as e:  # numpy: "array is too big", "Maximum allowed size exceeded"
-            space.probe_error = f"cannot allocate the inputs ({e})"
-            break
-        grow = {k: (v * 2 if v > 1 else (8 if attempt == 0 else 2)) for k, v in dims.items()
-                if k in space.dim_ranges and space.dim_ranges[k][0] != space.dim_ranges[k][1]
-                and not _is_batch(space, k)}
-        if not grow:
-            break
-        dims = {**dims, **grow}
-        if space.elements(dims) > space.max_elements:
-            break
-    if space.probed_ok:
-        space.raise_minimum(dims)
-        space.bound_size()
-        if not may_be_random(model):
-            return space
-        feeds = Example(dims, recipe, space).feeds
-        try:
-            first, again = runner.run(feeds), runner.run(feeds, cache=False)
-            space.deterministic = all(
-                np.array_equal(np.asarray(x), np.asarray(y), equal_nan=np.asarray(x).dtype.kind in "fc")
-                for x, y in zip(first, again))
-        except InvalidInput:
-            pass
-    return space
-
-
-def _count(n: int) -> str:
-    return f"2**{n.bit_length() - 1}" if n > 1024 and n & (n - 1) == 0 else f"{n:,}"
-
-
-def _too_big(space: InputSpace, dims: dict[str, int]) -> str:
-    """Why the smallest example cannot be drawn ('' if it can)."""
-    shapes = space.shapes_for(dims)
-    sizes = {name: int(np.prod(shape, dtype=object)) for name, shape in shapes.items()}
-    if sum(sizes.values()) <= space.max_elements:
-        return ""
-    name = max(sizes, key=sizes.get)
-    spec = next(s for s in space.specs if s.name == name)
-    fixed = int(np.prod([d for d in spec.dims if isinstance(d, int)], dtype=object))
-    hint = ("its fixed dims alone are too large: verify it with --samples" if fixed > space.max_elements
-            else "give --input-shape")
-    return (f"input '{name}' needs {_count(sizes[name])} elements (shape {list(shapes[name])}), more than the "
-            f"{_count(space.max_elements)} verification draws at most; {hint}")
-
-
-def run_ahead(runner: Runner, space: InputSpace, samples: list[dict] | None, examples: int, seed: int,
-              stop=lambda: False) -> None:
-    """Run `runner`'s model on the inputs compare() judges first, in compare()'s order
-    (the real samples, then the seeded draws), until `examples` were accepted or
-    `stop()` says so. The outputs land in the runner's cache, so a later compare() given
-    this runner and space (the same seed and samples) finds its reference outputs ready."""
-    used = 0
-    for sample in (samples or [])[:examples]:
-        if stop():
-            return
-        try:
-            runner.run(space.from_sample(sample).feeds)
-        except InvalidInput:
-            return  # compare() stops on a rejected sample
-        used += 1
-    todo = examples - used
-    if todo <= 0 or not space.probed_ok:
-        return
-    valid = 0
-    for ex in _attempts(space, todo, seed):
-        if valid >= todo or stop():
-            return
-        try:
-            runner.run(ex.feeds)
-        except InvalidInput:
-            continue
-        valid += 1
-
-
-_RANDOM_OPS = {"Multinomial", "Bernoulli", "Dropout"}
-
-
-def may_be_random(model: onnx.ModelProto) -> bool:
-    """Whether the model may give different outputs on the same input: it has a Random*
-    op, Multinomial, Bernoulli, Dropout (random when given training_mode), or an op of a
-    custom domain (unknown). Only such models pay for the re-run that checks it."""
-    from ..ir import iter_proto_nodes
-
-    local = {(f.domain, f.name) for f in model.functions}
-    all_nodes = list(iter_proto_nodes(model.graph))
-    for f in model.functions:
-        all_nodes.extend(f.node)
-    return any(n.op_type.startswith("Random") or n.op_type in _RANDOM_OPS
-               or (n.domain not in ("", "ai.onnx", "ai.onnx.ml") and (n.domain, n.op_type) not in local)
-               for n in all_nodes)
-
-
-def _is_batch(space: InputSpace, key: str) -> bool:
-    return any(s.dims and s.dims[0] == key for s in space.specs) and not any(
-        key in s.dims[1:] for s in space.specs)
-
-
-def _attempts(space: InputSpace, n: int, seed: int) -> list[Example]:
-    """The drawn inputs tried for `n` valid examples, in order (compare() and run_ahead()
-    must agree on them for the reference outputs run ahead to be cache hits)."""
-    return space.draw(3 * n, seed)
-
-
 def _draw_and_check(space: InputSpace, checker: _Checker, n: int, seed: int, shrink_seconds: float):
     """Judge `n` valid directly drawn examples (inputs the reference model rejects do not
     count, at most 3n are tried). On the first failure, shrink it: hypothesis searches
@@ -680,59 +436,3 @@ def _search(space: InputSpace, checker: _Checker, n: int, seed: int, shrink_seco
         return state["last"], state["check"], max(state["steps"], 0)
     check = state["check"] if state["last"] is not None and ex.same_as(state["last"]) else checker.judge(ex)
     return ex, check, max(state["steps"], 0)
-
-
-# --------------------------------------------------------------------- reproducers
-
-
-def unique_dir(parent: str | os.PathLike, name: str) -> Path:
-    """A new folder `parent/<UTC date-time>-<name>` (with -2, -3... if taken), created
-    here: a later run never writes into an earlier run's reproducer."""
-    parent = Path(parent)
-    parent.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-    for k in range(1, 10000):
-        d = parent / (f"{stamp}-{name}" if k == 1 else f"{stamp}-{name}-{k}")
-        try:
-            d.mkdir()
-            return d
-        except FileExistsError:
-            continue
-    raise OSError(f"no free reproducer folder name under {parent}")
-
-
-def save_repro(
-    directory: str | os.PathLike, model_a: onnx.ModelProto, model_b: onnx.ModelProto,
-    result: CompareResult, *, title: str = "", extra_args: str = "",
-) -> Path:
-    """Write before.onnx, after.onnx, inputs.npz and README.txt to `directory`."""
-    from .. import io
-
-    d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
-    io.save(model_a, d / "before.onnx")
-    io.save(model_b, d / "after.onnx")
-    if result.counterexample is not None:
-        arrays = {k: v for k, v in result.counterexample.items() if isinstance(v, np.ndarray)}
-        np.savez(d / "inputs.npz", **arrays)
-        if len(arrays) < len(result.counterexample):
-            import pickle
-
-            with open(d / "inputs.pkl", "wb") as f:   # sequences: not expressible in .npz
-                pickle.dump(result.counterexample, f)
-    c = result.contract
-    args = [f"--contract {c.kind}"]
-    if c.kind == "lossy":
-        args += [f"--budget {m}={v:g}" for m, v in c.budget.items()]
-    elif c.kind == "float":
-        args += [f"--rtol {c.rtol:g}", f"--atol {c.atol:g}"]
-    cmd = f"graphopt verify {shlex.quote(str(d / 'before.onnx'))} {shlex.quote(str(d / 'after.onnx'))} " \
-          f"--samples {shlex.quote(str(d / 'inputs.npz'))} " + " ".join(args) + (f" {extra_args}" if extra_args else "")
-    text = [title or "graphopt verification failure", "",
-            result.message("verification failed"), "",
-            "before.onnx  the model before the pass", "after.onnx   the model after the pass",
-            "inputs.npz   the (shrunk) counterexample inputs, keyed by input name", "",
-            "Re-check with:", f"    {cmd}", ""]
-    (d / "README.txt").write_text("\n".join(text))
-    result.repro = str(d)
-    return d
