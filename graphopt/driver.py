@@ -39,7 +39,7 @@ def pass_manager(
     after it see a reverted pass as reverted."""
     inst = list(instruments)
     if verify:
-        from .verify import VerifyInstrument
+        from .instruments.verify import VerifyInstrument
 
         inst.insert(0, VerifyInstrument(**(verify_options or {})))
     manager = PassManager(spec, ctx, inst)

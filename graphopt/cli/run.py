@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     external = {"auto": None, "always": True, "never": False}[args.external_data]
     stage_profiler = None
     if getattr(args, "report", None):
-        from ..analysis.stages import StageProfiler
+        from ..instruments.stages import StageProfiler
 
         stage_profiler = StageProfiler(ctx.input_shapes)
         instruments.append(stage_profiler)  # after verification: sees reverted passes
@@ -121,6 +121,14 @@ def print_report(report: Report, out: str) -> None:
         )
     c = console()
     c.print(table)
+    # --- fusion refusals (issue 14, helper A): a rule's last run, e.g.
+    # "fuse-attention: 0 fused, 2 candidates refused: mask shape not provably [batch, seq] (2)"
+    last = {r.spec: r.stats for r in report.records}
+    for spec, st in ((k, v) for k, v in last.items() if v.get("reasons")):
+        stat, n = next(iter(st.items()))
+        why = "; ".join(f"{k} ({v})" for k, v in st["reasons"].items())
+        c.print(f"{spec}: {n} {stat}, {st['refused']} candidates refused: {why}", markup=False, highlight=False)
+    # --- end fusion refusals
     c.print(
         f"[bold]{report.nodes_before} → {report.nodes_after} nodes, "
         f"{format_bytes(report.bytes_before)} → {format_bytes(report.bytes_after)} weights, "

@@ -46,13 +46,13 @@ import onnx
 from ..errors import GraphoptError, VerificationError
 from ..ir import Model
 from ..pipeline import Instrument, Pass, PassContext, PassRecord, Report
-from .compare import (DEFAULT_EXAMPLES, SHRINK_SECONDS, CompareResult, SignatureMismatch, compare, make_space,
-                      run_ahead, save_repro, unique_dir)
-from .contracts import Contract, OutputCheck
-from .inputs import InputSpace
-from .noise import NoiseSource
-from .runner import Runner, RunnerUnavailable, SessionRecipe
-from .structure import computation_digest
+from ..verify.compare import (DEFAULT_EXAMPLES, SHRINK_SECONDS, CompareResult, SignatureMismatch, compare,
+                              make_space, run_ahead, save_repro, unique_dir)
+from ..verify.contracts import Contract, OutputCheck
+from ..verify.inputs import InputSpace
+from ..verify.noise import NoiseSource
+from ..verify.runner import Runner, RunnerUnavailable, SessionRecipe
+from ..verify.structure import computation_digest
 
 log = logging.getLogger(__name__)
 

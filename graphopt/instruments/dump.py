@@ -1,13 +1,13 @@
-"""Instruments that ship with graphopt (verification lives in graphopt.verify)."""
+"""DumpAfter: save the model after chosen passes (`graphopt MODEL --dump-after PASS`)."""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
-from . import io
-from .ir import Model
-from .pipeline import Instrument, Pass, PassContext, PassRecord
+from .. import io
+from ..ir import Model
+from ..pipeline import Instrument, Pass, PassContext, PassRecord
 
 log = logging.getLogger(__name__)
 
