@@ -162,7 +162,7 @@ def resolve_target(name: str) -> Target:
     for t in _PRESETS:
         if t.name == name:
             return t
-    raise GraphoptError(f"unknown target '{name}' (targets: {', '.join(target_names())})")
+    raise GraphoptError(f"unknown arch '{name}' (archs: {', '.join(target_names())})")
 
 
 def require_tvm():

@@ -218,7 +218,7 @@ def test_tuning_a_cross_target_is_refused(tmp_path):
 
 def test_cli_host_json(tmp_path, capsys):
     out = tmp_path / "d.so"
-    rc = main(["compile", str(DIGITS), "--target", "host", "-o", str(out), "--json",
+    rc = main(["compile", str(DIGITS), "--arch", "host", "-o", str(out), "--json",
                "--verify-examples", "3"])
     assert rc == 0
     d = json.loads(capsys.readouterr().out)
@@ -226,19 +226,37 @@ def test_cli_host_json(tmp_path, capsys):
     assert d["input_shapes"] == {"input": [1, 1, 8, 8]}
 
 
-def test_cli_list_targets(capsys):
-    assert main(["compile", "--list-targets"]) == 0
+def test_cli_list_archs(capsys):
+    assert main(["compile", "--list-archs"]) == 0
     text = capsys.readouterr().out
     for name in ("host", "x86-64", "x86-64-avx512", "aarch64-cortex-a53", "aarch64-cortex-a76",
                  "armv7a", "riscv64", "riscv64-rvv"):
         assert name in text
+    assert main(["compile", "--list-targets"]) == 0  # the old spelling, hidden
+    assert capsys.readouterr().out == text
+
+
+def test_cli_target_is_a_hidden_alias_of_arch(capsys):
+    """compile's hardware is --arch (run's --target is the emit target); --target still
+    parses to the same thing, and the help shows only --arch."""
+    from graphopt.cli import build_parser
+
+    parser = build_parser("compile")
+    assert parser.parse_args(["m.onnx", "--target", "aarch64"]).arch == "aarch64"
+    assert parser.parse_args(["m.onnx", "--arch", "riscv64"]).arch == "riscv64"
+    assert parser.parse_args(["m.onnx"]).arch == "host"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--help"])
+    shown = capsys.readouterr().out
+    assert "--arch ARCH" in shown and "--list-archs" in shown
+    assert "--target" not in shown and "--list-targets" not in shown
 
 
 def test_cli_samples_folder_checked_like_optimize(tmp_path, capsys):
     """--samples goes through graphopt.samples.prepare_samples: the models folder (its
     digits_test.npz also holds a `label` array) works, the label is dropped with a note."""
     out = tmp_path / "d.so"
-    rc = main(["compile", str(DIGITS), "--target", "host", "-o", str(out), "--json",
+    rc = main(["compile", str(DIGITS), "--arch", "host", "-o", str(out), "--json",
                "--verify-examples", "2", "--samples", str(REPO / "models")])
     cap = capsys.readouterr()
     assert rc == 0, cap.err
@@ -249,7 +267,7 @@ def test_cli_samples_folder_checked_like_optimize(tmp_path, capsys):
 def test_cli_samples_wrong_input_name_exit_2(tmp_path, capsys):
     bad = tmp_path / "bad.npz"
     np.savez(bad, x=np.zeros((1, 1, 8, 8), np.float32))
-    rc = main(["compile", str(DIGITS), "--target", "host", "-o", str(tmp_path / "out.so"),
+    rc = main(["compile", str(DIGITS), "--arch", "host", "-o", str(tmp_path / "out.so"),
                "--samples", str(bad)])
     err = capsys.readouterr().err
     assert rc == 2
@@ -262,7 +280,7 @@ def test_cli_samples_wrong_input_name_exit_2(tmp_path, capsys):
 def test_cli_errors_one_line_exit_2_nothing_written(tmp_path, capsys, monkeypatch, case):
     src, target = DIGITS, "host"
     if case == "unknown-target":
-        target, expect = "pdp11", "unknown target 'pdp11'"
+        target, expect = "pdp11", "unknown arch 'pdp11'"
     elif case == "unsupported-op":
         src = tmp_path / "lstm.onnx"
         onnx.save(lstm_model(), src)
@@ -271,7 +289,7 @@ def test_cli_errors_one_line_exit_2_nothing_written(tmp_path, capsys, monkeypatc
         monkeypatch.setitem(sys.modules, "tvm", None)
         expect = "pip install 'graphopt[tvm]'"
     before = sorted(p.name for p in tmp_path.iterdir())
-    rc = main(["compile", str(src), "--target", target, "-o", str(tmp_path / "out.so")])
+    rc = main(["compile", str(src), "--arch", target, "-o", str(tmp_path / "out.so")])
     err = capsys.readouterr().err
     assert rc == 2
     assert expect in err and len(err.strip().splitlines()) == 1, err
@@ -281,7 +299,7 @@ def test_cli_errors_one_line_exit_2_nothing_written(tmp_path, capsys, monkeypatc
 def test_command_line_subprocess(tmp_path):
     exe = shutil.which("graphopt") or str(Path(sys.executable).parent / "graphopt")
     out = tmp_path / "d.so"
-    r = subprocess.run([exe, "compile", str(DIGITS), "--target", "host", "-o", str(out)],
+    r = subprocess.run([exe, "compile", str(DIGITS), "--arch", "host", "-o", str(out)],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "verified: the compiled library vs onnxruntime" in r.stdout and out.exists()

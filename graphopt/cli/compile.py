@@ -1,4 +1,8 @@
-"""`graphopt compile MODEL --target TARGET -o OUT`: compile a model with TVM for an edge target."""
+"""`graphopt compile MODEL --arch ARCH -o OUT`: compile a model with TVM for an edge device.
+
+`--arch` names the hardware (a CPU preset; TVM calls it the target). It was `--target`,
+which `graphopt MODEL` uses for the runtime the rewritten model is emitted for; `--target`
+and `--list-targets` still work here, hidden, so older commands do not break."""
 
 from __future__ import annotations
 
@@ -13,10 +17,12 @@ from .present import console, progress_callback
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", nargs="?", help="the ONNX model to compile")
-    parser.add_argument("--target", default="host", metavar="TARGET",
-                        help="what to compile for (default host; --list-targets shows all)")
+    parser.add_argument("--arch", default="host", metavar="ARCH",
+                        help="the hardware to compile for: host or a CPU preset (default host; "
+                             "--list-archs shows all)")
+    parser.add_argument("--target", dest="arch", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     parser.add_argument("-o", "--output", metavar="OUT",
-                        help="the library to write (default: MODEL with .TARGET.so)")
+                        help="the library to write (default: MODEL with .ARCH.so)")
     parser.add_argument("-p", "--pipeline", default=None, metavar="SPEC",
                         help="graphopt passes run before TVM (default static-shapes,clean,fuse; "
                              "'' for none)")
@@ -31,7 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "keep default schedules (default 0.9; 1 tunes every task)")
     parser.add_argument("--archive", action="store_true",
                         help="write a tar of object files even when a cross toolchain is installed")
-    parser.add_argument("--list-targets", action="store_true", help="list the named targets and exit")
+    parser.add_argument("--list-archs", action="store_true", help="list the named archs and exit")
+    parser.add_argument("--list-targets", dest="list_archs", action="store_true", default=argparse.SUPPRESS,
+                        help=argparse.SUPPRESS)
     d = parser.add_argument_group("device (TVM RPC)")
     d.add_argument("--rpc", metavar="HOST:PORT",
                    help="a TVM RPC server on the device (python -m tvm.exec.rpc_server): upload the "
@@ -48,20 +56,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     options.add_input_args(parser)  # --input-shape (leading symbolic dims default to 1), ranges, samples
 
 
-def default_output(model: str, target: str) -> str:
+def default_output(model: str, arch: str) -> str:
     import os
 
     root, _ = os.path.splitext(model)
-    return f"{root}.{target}.so"
+    return f"{root}.{arch}.so"
 
 
 def run(args: argparse.Namespace) -> int:
     from .. import codegen
 
-    if args.list_targets:
-        return print_targets(codegen.describe_targets(), as_json=args.json)
+    if args.list_archs:
+        return print_archs(codegen.describe_targets(), as_json=args.json)
     if not args.model:
-        raise GraphoptError("give the ONNX model to compile (graphopt compile MODEL --target TARGET)")
+        raise GraphoptError("give the ONNX model to compile (graphopt compile MODEL --arch ARCH)")
     if args.verify_examples < 1:
         raise GraphoptError("--verify-examples must be at least 1")
     from ..device import Remote
@@ -72,10 +80,10 @@ def run(args: argparse.Namespace) -> int:
     shapes = dict(options.parse_shape(s) for s in args.input_shape)
     ranges = dict(options.parse_range(r) for r in args.input_range)
     samples = args.samples or None   # loaded and checked against the model by compile_model
-    output = args.output or default_output(args.model, args.target)
+    output = args.output or default_output(args.model, args.arch)
     with progress_callback(quiet=args.quiet or args.json) as progress, _leave_if_abandoned():
         result = codegen.compile_model(
-            args.model, args.target, output, spec=args.pipeline, input_shapes=shapes,
+            args.model, args.arch, output, spec=args.pipeline, input_shapes=shapes,
             input_ranges=ranges, samples=samples,
             tune_trials=args.tune_trials, tune_cache=args.tune_cache, tune_share=args.tune_share,
             verify=not args.no_verify,
@@ -116,17 +124,17 @@ class _leave_if_abandoned:
         return False
 
 
-def print_targets(targets, as_json: bool = False) -> int:
+def print_archs(archs, as_json: bool = False) -> int:
     if as_json:
-        json.dump([{"name": n, "description": d, "tvm": t} for n, d, t in targets], sys.stdout, indent=2)
+        json.dump([{"name": n, "description": d, "tvm": t} for n, d, t in archs], sys.stdout, indent=2)
         sys.stdout.write("\n")
         return 0
     from rich.table import Table
 
     table = Table(box=None, header_style="bold")
-    for col in ("target", "description", "TVM target"):
+    for col in ("arch", "description", "TVM target"):
         table.add_column(col)
-    for row in targets:
+    for row in archs:
         table.add_row(*row)
     c = console()
     if not c.is_terminal:
