@@ -74,10 +74,18 @@ def _shape_entries(scope: Scope, t: gs.Tensor) -> list | None:
     return entries
 
 
+def _static_dim(scope: Scope, e: tuple) -> int | None:
+    """Shape(tensor)[i] as an int when the tensor's inferred dim i is static (the exporters'
+    "reshape back to x's shape" spelling of [B, S, hidden])."""
+    shape = scope.shape(e[1]) or []
+    dim = shape[e[2]] if e[2] < len(shape) else None
+    return dim if isinstance(dim, int) and dim > 0 else None
+
+
 def _split_reshape(scope: Scope, rs: gs.Node, rows: list, per_row: int, tail_len: int) -> list | None:
     """Reshape of a [B, S, ...] tensor to [B, S, *tail] with prod(tail) == per_row: the tail.
     B and S may be spelled 0, Shape(r)[0/1] for r in `rows` (tensors known to start [B, S]),
-    their static value, or one -1."""
+    their static value, or one -1; a tail entry may be Shape(t)[i] of a static dim."""
     entries = _shape_entries(scope, rs.inputs[1]) if len(rs.inputs) == 2 else None
     if entries is None or len(entries) != 2 + tail_len:
         return None
@@ -91,8 +99,8 @@ def _split_reshape(scope: Scope, rs: gs.Node, rows: list, per_row: int, tail_len
             wild += 1
         elif not ((e == 0 and not rs.attrs.get("allowzero", 0)) or (e > 0 and len(src) > i and src[i] == e)):
             return None
-    tail = entries[2:]
-    if any(isinstance(e, tuple) or e == 0 or e < -1 for e in tail) or wild + tail.count(-1) > 1:
+    tail = [_static_dim(scope, e) if isinstance(e, tuple) else e for e in entries[2:]]
+    if any(e is None or e == 0 or e < -1 for e in tail) or wild + tail.count(-1) > 1:
         return None
     known = math.prod(e for e in tail if e > 0)
     if -1 in tail:

@@ -260,8 +260,10 @@ class FuseGemm(Rule):
         if add is None or add.op != "Add" or not std(add):
             return None
         w = const_value(bt)
-        if w is None or w.ndim != 2 or w.dtype.kind != "f" or a.shape is None or len(a.shape) != 2:
-            return "not a 2-D input times a constant 2-D float weight"
+        if a.shape is None or len(a.shape) != 2:
+            return "input not 2-D (Gemm is 2-D only)"
+        if w is None or w.ndim != 2 or w.dtype.kind != "f":
+            return "weight not a constant 2-D float"
         c = other_input(add, y)
         cv = const_value(c) if c is not None else None
         if cv is None or cv.dtype != w.dtype:
