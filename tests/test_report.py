@@ -18,7 +18,9 @@ from graphopt import Pass, PassContext, PassManager, PassResult, register_pass
 from graphopt.analysis import profile_model
 from graphopt.analysis.stages import StageProfiler
 from graphopt.cli import main as cli_main
-from graphopt.report import build_report, hbar_chart, margin, render_html, write_report
+from graphopt.report import build_report, render_html, write_report
+from graphopt.report.charts import hbar_chart
+from graphopt.report.page import margin
 from graphopt.verify import VerifyInstrument
 
 from conftest import MODELS
@@ -254,10 +256,10 @@ def test_unchanged_passes_are_folded_away():
 
 
 def test_changes_are_percent_or_factor_never_exponent():
-    from graphopt.report import _change
+    from graphopt._format import format_change
 
-    assert _change(1.0, 0.0037) == "-99.6% (÷270)"
-    assert _change(100, 88) == "-12%" and _change(100, 97) == "-3.0%" and _change(10, 37) == "×3.7"
+    assert format_change(1.0, 0.0037) == "-99.6% (÷270)"
+    assert format_change(100, 88) == "-12%" and format_change(100, 97) == "-3.0%" and format_change(10, 37) == "×3.7"
     p_in = {"batches": [{"latency": {"p50_ms": 1.0, "p90_ms": 1.2, "p99_ms": 1.0, "runs": 20}}]}
     p_out = {"batches": [{"latency": {"p50_ms": 0.5, "p90_ms": 0.6, "p99_ms": 0.0037, "runs": 20}}]}
     data = _unchanged_report()

@@ -13,12 +13,9 @@ def console():
     return Console(highlight=False, soft_wrap=True)
 
 
-def format_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(n) < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GB"
+# --- shared byte formatter (issue 14, helper E): one formatter for the CLI and the reports
+from .._format import format_bytes  # noqa: E402, F401  (imported from here by the commands)
+# --- end shared byte formatter
 
 
 @contextlib.contextmanager
