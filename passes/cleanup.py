@@ -46,11 +46,19 @@ class DeadCodeElimination(Pass):
     contract = "exact"
 
     def run(self, model: Model, ctx: PassContext) -> PassResult:
-        removed = 0
-        for graph in list(iter_graphs(model.graph)):
-            removed += remove_dead_nodes(graph)
+        removed, = _each_graph(model, remove_dead_nodes)
         # Dead nodes are detached, so their tensors no longer export as value_info.
         return PassResult(removed > 0, {"nodes_removed": removed})
+
+
+def _each_graph(model: Model, *steps) -> list[int]:
+    """Run the steps, in order, on each graph (the main graph and every subgraph, as
+    listed before any change); the counts each step returned, summed per step."""
+    counts = [0] * len(steps)
+    for graph in list(iter_graphs(model.graph)):
+        for i, step in enumerate(steps):
+            counts[i] += step(graph)
+    return counts
 
 
 # ---------------------------------------------------------------- prune-initializers
@@ -184,9 +192,7 @@ class RemoveNoOps(Pass):
     contract = "exact"
 
     def run(self, model: Model, ctx: PassContext) -> PassResult:
-        removed = 0
-        for graph in list(iter_graphs(model.graph)):
-            removed += _remove_noops(graph)
+        removed, = _each_graph(model, _remove_noops)
         return PassResult(removed > 0, {"nodes_removed": removed})
 
 
@@ -223,10 +229,7 @@ class FoldConstants(Pass):
     }
 
     def run(self, model: Model, ctx: PassContext) -> PassResult:
-        folded = shapes = 0
-        for graph in list(iter_graphs(model.graph)):
-            shapes += _fold_shapes(graph)
-            folded += self._fold(model, graph)
+        shapes, folded = _each_graph(model, _fold_shapes, lambda graph: self._fold(model, graph))
         return PassResult(folded + shapes > 0, {"nodes_folded": folded, "shapes_folded": shapes})
 
     def _fold(self, model: Model, graph: gs.Graph) -> int:
@@ -361,11 +364,7 @@ class CommonSubexpressions(Pass):
     contract = "exact"
 
     def run(self, model: Model, ctx: PassContext) -> PassResult:
-        consts = 0
-        nodes = 0
-        for graph in list(iter_graphs(model.graph)):
-            consts += _dedup_constants(graph)
-            nodes += _cse(graph)
+        consts, nodes = _each_graph(model, _dedup_constants, _cse)
         return PassResult(consts + nodes > 0, {"nodes_merged": nodes, "initializers_merged": consts})
 
 
