@@ -13,6 +13,8 @@
    additive, interpolated between the measured widths, no group cut past the largest
    measured cut), until the MACs are down to the budget: the MACs the uniform `ratio`
    keeps, or the fraction `macs` of the model's MACs.
+
+Progress: one step per group measured ("prune: measuring group sensitivity").
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ import logging
 import numpy as np
 import onnx
 from onnx import numpy_helper
+
+from graphopt import progress, runtime
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +52,6 @@ class _Probe:
     """One session of the original model with the consumer weights as inputs."""
 
     def __init__(self, proto: onnx.ModelProto, an, samples, seed):
-        import onnxruntime as ort
-
         inits = {t.name: t for t in proto.graph.initializer}
         self.sinks = [s for s in an.sinks if s.weight.tensor.name in inits]
         names = sorted({s.weight.tensor.name for s in self.sinks})
@@ -63,10 +65,7 @@ class _Probe:
             arr = numpy_helper.to_array(inits[n])
             self.weights[n] = arr
             m.graph.input.append(onnx.helper.make_tensor_value_info(n, inits[n].data_type, list(arr.shape)))
-        so = ort.SessionOptions()
-        so.log_severity_level = 3
-        so.intra_op_num_threads = 1
-        self.sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        self.sess = runtime.session(m, threads=1, optimize=True, log_level=3)
         feed_names = [i.name for i in self.sess.get_inputs() if i.name not in self.weights]
         self.feeds = []
         rows = 0
@@ -142,18 +141,21 @@ def allocate(proto, an, comp, plans, unit_score, samples, ratio, macs, multiple,
     probe = _Probe(proto, an, samples, seed)
     n_all = len(an.parent)
     orders, grids, curves = [], [], []
-    for roots, units, fixed, _ in plans:
-        order = units[np.argsort(unit_score[units], kind="stable")]
-        grid = _grid(len(units), fixed, multiple, min_keep)
-        cands = sorted({min(grid, key=lambda k: abs((len(units) - k) - f * len(units))) for f in FRACTIONS} - {len(units)})
-        points = [(0, 0.0)]
-        for k in sorted(cands, reverse=True):
-            keep = np.ones(n_all, bool)
-            keep[order[: len(units) - k]] = False
-            points.append((len(units) - k, probe.error(keep, an, comp)))
-        orders.append(order)
-        grids.append(grid)
-        curves.append(points)
+    with progress.task("prune: measuring group sensitivity", len(plans)) as counted:
+        for roots, units, fixed, _ in plans:
+            order = units[np.argsort(unit_score[units], kind="stable")]
+            grid = _grid(len(units), fixed, multiple, min_keep)
+            cands = sorted({min(grid, key=lambda k: abs((len(units) - k) - f * len(units))) for f in FRACTIONS}
+                           - {len(units)})
+            points = [(0, 0.0)]
+            for k in sorted(cands, reverse=True):
+                keep = np.ones(n_all, bool)
+                keep[order[: len(units) - k]] = False
+                points.append((len(units) - k, probe.error(keep, an, comp)))
+            orders.append(order)
+            grids.append(grid)
+            curves.append(points)
+            counted.advance()
 
     def err(gi, removed):
         xs, ys = zip(*curves[gi])

@@ -52,7 +52,7 @@ from graphopt.pipeline import budget_options
 from graphopt.runtime import check, random_inputs
 
 from ._budget import layer_errors
-from ._channels import analyze
+from ._channels_ops import analyze
 from ._prune_refit import Collector, bias_of, reconstruct
 from ._prune_rewrite import apply_masks, mean_compensation, zero_consumers
 from ._prune_select import element_scores, groups_of, select

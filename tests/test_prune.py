@@ -658,3 +658,50 @@ def test_sensitivity_scope_on_digits():
     assert all(int(v.split("->")[1]) % m == 0 for v in stats["widths"].values()), stats["widths"]
     with pytest.raises(GraphoptError, match="samples"):
         graphopt.optimize(model, "prune(scope=sensitivity)", verify=False)
+
+
+# ---------------------------------------------------------------------------- progress
+
+
+class _Recorder:
+    """A graphopt.progress sink that records what it is told (as tests/test_progress.py)."""
+
+    def __init__(self):
+        self.started, self.advanced, self.finished = [], {}, []
+
+    def start(self, label, total):
+        self.started.append((label, total))
+        self.advanced[len(self.started) - 1] = 0
+        return len(self.started) - 1
+
+    def advance(self, key, n=1):
+        self.advanced[key] += n
+
+    def finish(self, key):
+        self.finished.append(key)
+
+
+def test_progress_counts_groups_and_layers():
+    """Issue 17: pruning reports counted steps (a bar in the CLI): one per coupled group
+    measured (scope=sensitivity), one per layer refit per reconstruction round."""
+    from graphopt import progress
+
+    model = onnx.load(DIGITS)
+    with np.load(DIGITS.parent / "digits_calib.npz") as d:
+        x = d["input"].astype(np.float32)
+    samples = [{"input": x[i:i + 16]} for i in range(0, 64, 16)]
+    totals = {}
+    for rounds in (1, 2):
+        rec = _Recorder()
+        with progress.reporting(rec):
+            _, stats = _prune(model, f"prune(ratio=0.3, scope=sensitivity, reconstruct_rounds={rounds})",
+                              samples=samples)
+        labels = dict(rec.started)
+        assert set(labels) == {"prune: measuring group sensitivity", "prune: refitting layers"}, rec.started
+        assert labels["prune: measuring group sensitivity"] == len(stats["sensitivity"]["groups"]) > 0
+        assert rec.advanced == {i: total for i, (_, total) in enumerate(rec.started)}  # every step done
+        assert sorted(rec.finished) == list(range(len(rec.started)))
+        totals[rounds] = labels["prune: refitting layers"]
+        assert totals[rounds] >= stats["reconstructed"] > 0
+    assert totals[2] == 2 * totals[1]   # the second round refits every layer again
+    assert not progress.active()
