@@ -12,7 +12,6 @@ import csv
 import json
 import logging
 import os
-import time
 from dataclasses import dataclass, field
 from typing import Callable
 

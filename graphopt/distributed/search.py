@@ -145,7 +145,6 @@ def run_search(model: str, samples: list[dict], space_text: str, outdir: str, *,
 
     `exclusive_measure=False` times trials on one CPU beside running builds (no measure
     resource): only for benchmarks/bench_search.py, to show what serializing avoids."""
-    import onnx
 
     from .. import io
     from ..samples import check_samples
