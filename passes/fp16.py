@@ -27,11 +27,13 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from graphopt import Model, Option, Pass, PassContext, PassResult, register_pass
-from graphopt.ir import fresh_namer, subgraphs_of
+from graphopt import Model, Option, Pass, PassContext, PassResult, register_pass, runtime
+from graphopt.ir import export_graph, fresh_namer, iter_graphs, subgraphs_of
 from graphopt.pipeline import budget_options
 
-from ._budget import describe, excess, layer_errors
+from . import _lossy
+from ._budget import describe, layer_errors
+from ._lossy import inline_constants
 
 log = logging.getLogger(__name__)
 
@@ -85,29 +87,18 @@ class Float16(Pass):
         blocked: set[str] = set()
         stats: dict = {}
         out = conv.build(blocked)
-        if self.accuracy and ctx.samples:
-            from .quantize import _run
-
-            evals = [{k: np.asarray(v) for k, v in s.items()} for s in ctx.samples[:8]]
-            ref = _run(fp32, evals)
-
-            def err(bl):
-                try:
-                    return excess(budget, ref, _run(conv.build(bl), evals))
-                except Exception as e:  # a candidate onnxruntime rejects counts as failing
-                    log.debug("fp16 trial failed: %s", e)
-                    return float("inf")
-
+        samples, generated = _lossy.feeds(fp32, ctx, 1)
+        if self.accuracy and not generated:
+            evals = samples[:8]
+            err = _lossy.trial(budget, _lossy.outputs(fp32, evals), evals, conv.build, "fp16")
             e = err(blocked)
             stats["budget"] = describe(budget)
             stats["budget_use_all_fp16"] = round(e, 6)  # 1.0 = exactly at the budget
             if e > 1.0:
-                blocked = _bisect_block(conv.eligible, err, 1.0, self.max_trials)
+                blocked = _lossy.bisect_block(conv.eligible, err, 1.0, self.max_trials)
                 out = conv.build(blocked)
                 stats["blocked_for_accuracy"] = sorted(blocked)
-        from .quantize import validate
-
-        problem = validate(out)
+        problem = runtime.check(out)
         if problem:
             stats["skipped"] = "fp16 model invalid: " + problem
             log.warning("fp16: %s; model left unchanged", stats["skipped"])
@@ -115,9 +106,8 @@ class Float16(Pass):
         stats.update(converted=len(conv.eligible) - len(blocked), kept_float32=conv.kept + len(blocked),
                      clamped_values=conv.clamped)
         from . import _timing
-        from .quantize import generate_samples, keep_model_fields
 
-        feed = {k: np.asarray(v) for k, v in (ctx.samples[0] if ctx.samples else generate_samples(fp32, ctx, 1)[0]).items()}
+        feed = samples[0]
         stats["per_layer_error"] = layer_errors(fp32, out, feed)
         if self.measure:
             # informative only (the model is converted either way): the same paired-rounds
@@ -130,49 +120,20 @@ class Float16(Pass):
                             "(interval of the speed-up [%.2f, %.2f]); float16 pays off on GPUs/NPUs with "
                             "half-precision units (converted anyway, as asked)", 1 / sp.ratio, sp.lo, sp.hi)
 
-        model.replace_with(Model.from_onnx(keep_model_fields(out, fp32)))
+        model.replace_with(Model.from_onnx(out))
         return PassResult(True, stats)
-
-
-def _bisect_block(names: list[str], err, budget: float, max_trials: int = 64) -> set[str]:
-    """Nodes to keep unconverted so the budget holds. A group of nodes is tested by
-    converting only that group; a failing group is split in two and each half tested,
-    down to single nodes: O(k log n) model runs for k culprits among n nodes. After
-    max_trials runs, the groups not yet tested are kept unconverted (conservative)."""
-    allset = set(names)
-    blocked: set[str] = set()
-    stack = [list(names)]
-    trials = 0
-    while stack:
-        group = stack.pop()
-        if trials >= max_trials:
-            blocked.update(group)
-            continue
-        trials += 1
-        if err(allset - set(group)) <= budget:
-            continue
-        if len(group) == 1:
-            blocked.add(group[0])
-            continue
-        mid = len(group) // 2
-        stack.extend([group[mid:], group[:mid]])
-    if err(blocked) > budget:  # the errors of the accepted groups add up: block all
-        blocked = allset
-    return blocked
 
 
 class _Converter:
     def __init__(self, proto: onnx.ModelProto, block: set[str], block_nodes: set[str]):
         self.proto = onnx.shape_inference.infer_shapes(proto)
         g = gs.import_onnx(self.proto)
-        from .quantize import inline_constants
-
         inline_constants(g)
         namer = fresh_namer(g, "node")
         for n in g.nodes:
             if not n.name:
                 n.name = namer(n.op)
-        self.proto = _export_like(g, self.proto)
+        self.proto = export_graph(g, self.proto)
         self.eligible: list[str] = []
         self.kept = 0
         for n in g.nodes:
@@ -250,13 +211,11 @@ class _Converter:
         _fix_subgraph_reads(g, produced16, cast)
         g.cleanup(remove_unused_graph_inputs=False)
         g.toposort()
-        return _export_like(g, self.proto)
+        return export_graph(g, self.proto)
 
 
 def _fix_subgraph_reads(g, produced16, cast):
     """Subgraphs (kept fp32) read outer tensors by name: point them at an fp32 cast."""
-    from graphopt.ir import iter_graphs
-
     for n in g.nodes:
         for sub in subgraphs_of(n):
             for sg in iter_graphs(sub):
@@ -276,8 +235,3 @@ def _float_node(n) -> bool:
         return False
     return any(t.dtype == np.float32 for t in n.outputs)
 
-
-def _export_like(g, proto):
-    from .quantize import export_like
-
-    return export_like(g, proto)

@@ -13,7 +13,9 @@ import pytest
 from graphopt import GraphoptError, PassContext
 from graphopt.ir import Model
 from graphopt.passes._budget import excess
-from graphopt.passes.quantize import _session
+# --- quant/fp16 (issue 14, helper F1): sessions from graphopt.runtime
+from graphopt.runtime import session
+# --- end quant/fp16
 from graphopt.pipeline import get_pass
 
 from conftest import MODELS
@@ -57,8 +59,8 @@ def test_run_budget_reaches_quant_and_its_own_option_wins():
     if res.changed:  # whatever was quantized keeps every evaluation sample's argmax
         q = model.to_onnx()
         evals = np.concatenate([s["input"] for s in calib[:16]])
-        a = _session(m, True).run(None, {"input": evals})[0]
-        b = _session(q, True).run(None, {"input": evals})[0]
+        a = session(m, optimize=True).run(None, {"input": evals})[0]
+        b = session(q, optimize=True).run(None, {"input": evals})[0]
         assert (a.argmax(1) == b.argmax(1)).all()
     own = get_pass("quant")(measure=False, accuracy=False, max_rel_l2=0.2)
     own.run(Model.from_onnx(m), ctx)

@@ -10,8 +10,9 @@ from onnx import TensorProto, helper
 from graphopt import PassContext
 from graphopt.ir import Model
 from graphopt.pipeline import get_pass
-from graphopt.passes.fp16 import _bisect_block, to_fp16
-from graphopt.passes.quantize import _session, rel_l2, validate
+from graphopt.passes._lossy import bisect_block, rel_l2
+from graphopt.passes.fp16 import to_fp16
+from graphopt.runtime import check, session
 
 from conftest import MODELS
 
@@ -31,14 +32,14 @@ def test_digits_fp16_accuracy_on_real_test_set():
     test = np.load(MODELS / "digits_test.npz")
     x, y = test["input"], test["label"]
     q, res = _fp16(m)
-    assert res.changed and validate(q) is None
+    assert res.changed and check(q) is None
     assert _io_types(q) == _io_types(m)
     assert {p.key for p in q.metadata_props} == {p.key for p in m.metadata_props}
     assert sum(t.data_type == TensorProto.FLOAT16 for t in q.graph.initializer) >= 6
     assert not any(t.data_type == TensorProto.FLOAT for t in q.graph.initializer)
     assert sum(t.ByteSize() for t in q.graph.initializer) < 0.6 * sum(t.ByteSize() for t in m.graph.initializer)
-    a = _session(m, True).run(None, {"input": x})[0]
-    b = _session(q, True).run(None, {"input": x})[0]
+    a = session(m, optimize=True).run(None, {"input": x})[0]
+    b = session(q, optimize=True).run(None, {"input": x})[0]
     assert b.dtype == np.float32
     assert (b.argmax(1) == y).mean() >= (a.argmax(1) == y).mean() - 0.005
     assert rel_l2(a, b) < 0.01  # the pass's default budget
@@ -60,7 +61,7 @@ def test_block_list_respected_and_constants_clamped():
              helper.make_node("Min", ["s", "big"], ["y"], name="clampmin")]
     m = _model(nodes, [big, w])
     q, res = _fp16(m, block=["Softmax"])
-    assert validate(q) is None and _io_types(q) == _io_types(m)
+    assert check(q) is None and _io_types(q) == _io_types(m)
     assert res.stats["clamped_values"] == 2
     types = {}
     inferred = onnx.shape_inference.infer_shapes(q)
@@ -71,7 +72,7 @@ def test_block_list_respected_and_constants_clamped():
     mm = next(n for n in q.graph.node if n.op_type == "MatMul")
     assert types[mm.output[0]] == TensorProto.FLOAT16
     x = np.random.default_rng(0).normal(size=(2, 4)).astype(np.float32)
-    assert rel_l2(_session(m).run(None, {"x": x})[0], _session(q).run(None, {"x": x})[0]) < 1e-2
+    assert rel_l2(session(m).run(None, {"x": x})[0], session(q).run(None, {"x": x})[0]) < 1e-2
     v, n = to_fp16(np.array([1e9, -7e4, 3.0, 1e-30], np.float32))
     assert n == 2 and v[0] == 65504 and v[1] == -65504 and v[3] != 0
 
@@ -87,11 +88,11 @@ def test_accuracy_mode_blocks_the_node_that_overflows():
     m = _model(nodes, [big, small])
     samples = [{"x": np.full((2, 4), 5.0, np.float32)}]
     q0, r0 = _fp16(m, accuracy=False)
-    e0 = rel_l2(_session(m).run(None, samples[0])[0], _session(q0).run(None, samples[0])[0])
+    e0 = rel_l2(session(m).run(None, samples[0])[0], session(q0).run(None, samples[0])[0])
     assert e0 > 0.5  # all-fp16 is broken
     q, res = _fp16(m, samples)
     assert "m1" in res.stats["blocked_for_accuracy"] and "r0" not in res.stats["blocked_for_accuracy"]
-    e = rel_l2(_session(m).run(None, samples[0])[0], _session(q).run(None, samples[0])[0])
+    e = rel_l2(session(m).run(None, samples[0])[0], session(q).run(None, samples[0])[0])
     assert e <= 0.01
 
 
@@ -104,7 +105,7 @@ def test_bisect_finds_culprits_in_few_runs():
         calls.append(1)
         return 1.0 if bad - set(blocked) else 0.0
 
-    assert _bisect_block(names, err, 0.1) == bad
+    assert bisect_block(names, err, 0.1) == bad
     assert len(calls) < 30  # one run per node would be 64
 
 

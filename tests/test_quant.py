@@ -12,7 +12,8 @@ from graphopt import PassContext
 from graphopt.ir import Model
 from graphopt.pipeline import get_pass
 from graphopt.passes import _calibrate
-from graphopt.passes.quantize import _session, rel_l2, validate
+from graphopt.passes._lossy import rel_l2
+from graphopt.runtime import check, session
 
 from conftest import MODELS
 
@@ -45,10 +46,10 @@ def test_digits_int8_accuracy_on_real_test_set(method):
     m, x, y, calib = _digits()
     q, res = _quant(m, calib, method=method, measure=False)
     assert res.changed and res.stats["mode"] == "static"
-    assert "QuantizeLinear" in _ops(q) and validate(q) is None
+    assert "QuantizeLinear" in _ops(q) and check(q) is None
     assert {p.key for p in q.metadata_props} == {p.key for p in m.metadata_props}
-    a = _session(m, True).run(None, {"input": x})[0]
-    b = _session(q, True).run(None, {"input": x})[0]
+    a = session(m, optimize=True).run(None, {"input": x})[0]
+    b = session(q, optimize=True).run(None, {"input": x})[0]
     acc_fp32, acc_int8 = (a.argmax(1) == y).mean(), (b.argmax(1) == y).mean()
     assert acc_fp32 > 0.95
     assert acc_int8 >= acc_fp32 - 0.01  # at most 1 point of top-1 accuracy lost
@@ -71,8 +72,8 @@ def test_accuracy_selection_keeps_sensitive_nodes_float():
     # a budget that entropy-on-8-samples misses: the pass keeps nodes float until it holds
     q, res = _quant(m, calib[:1], method="entropy", measure=False, max_rel_l2=0.05)
     if res.changed:
-        a = _session(m, True).run(None, {"input": calib[0]["input"]})[0]
-        b = _session(q, True).run(None, {"input": calib[0]["input"]})[0]
+        a = session(m, optimize=True).run(None, {"input": calib[0]["input"]})[0]
+        b = session(q, optimize=True).run(None, {"input": calib[0]["input"]})[0]
         assert rel_l2(a, b) <= 0.05
         if res.stats["budget_use_before_selection"] > 1.0:  # over the budget before selection
             assert res.stats["kept_float_for_accuracy"]
@@ -157,7 +158,7 @@ def test_no_samples_warns_loudly(caplog):
     with caplog.at_level("WARNING"):
         q, res = _quant(m, None, mode="static", measure=False, accuracy=False)
     assert "NO CALIBRATION SAMPLES" in caplog.text
-    assert res.stats["calibration"] == "generated inputs" and validate(q) is None
+    assert res.stats["calibration"] == "generated inputs" and check(q) is None
 
 
 # ---------------------------------------------------------------- calibration methods
@@ -196,12 +197,12 @@ def test_per_channel_beats_per_tensor_on_unequal_channels():
     m = _conv_model(13)
     rng = np.random.default_rng(1)
     samples = [{"x": rng.normal(0, 1, (1, 3, 16, 16)).astype(np.float32)} for _ in range(4)]
-    ref = _session(m).run(None, samples[0])[0]
+    ref = session(m).run(None, samples[0])[0]
     errs = {}
     for pc in (True, False):
         q, res = _quant(m, samples, measure=False, accuracy=False, per_channel=pc)
         assert "Relu" not in _ops(q)  # folded into the Conv output range
-        out = _session(q).run(None, samples[0])[0]
+        out = session(q).run(None, samples[0])[0]
         # the weakest channel shows the difference
         errs[pc] = rel_l2(ref[:, 0], out[:, 0])
     assert errs[True] < errs[False]
@@ -212,7 +213,7 @@ def test_opset12_upgraded_or_per_tensor_and_valid():
     rng = np.random.default_rng(1)
     samples = [{"x": rng.normal(0, 1, (1, 3, 16, 16)).astype(np.float32)} for _ in range(2)]
     q, res = _quant(m, samples, measure=False, accuracy=False)
-    assert validate(q) is None
+    assert check(q) is None
     opset = next(o.version for o in q.opset_import if o.domain in ("", "ai.onnx"))
     has_axis = any(a.name == "axis" for n in q.graph.node if n.op_type == "DequantizeLinear" for a in n.attribute)
     assert opset >= 13 or not has_axis
@@ -226,9 +227,9 @@ def test_dynamic_mode_on_transformer():
     q, res = _quant(m, samples, measure=False)
     assert res.stats["mode"] == "dynamic"  # auto: MatMul-dominated
     assert "MatMulInteger" in _ops(q) and "DynamicQuantizeLinear" in _ops(q)
-    assert validate(q) is None
-    a = _session(m, True).run(None, samples[0])[0]
-    b = _session(q, True).run(None, samples[0])[0]
+    assert check(q) is None
+    a = session(m, optimize=True).run(None, samples[0])[0]
+    b = session(q, optimize=True).run(None, samples[0])[0]
     assert rel_l2(a, b) < 0.05
 
 
@@ -240,8 +241,8 @@ def test_pipeline_with_verifier_and_fp16_digits():
     q, report = graphopt.optimize(m, "fold-bn,quant(measure=false),fp16", samples=calib, return_report=True)
     recs = {r.name: r for r in report.records}
     assert recs["quant"].changed and not recs["quant"].reverted
-    b = _session(q, True).run(None, {"input": x})[0]
-    a = _session(m, True).run(None, {"input": x})[0]
+    b = session(q, optimize=True).run(None, {"input": x})[0]
+    a = session(m, optimize=True).run(None, {"input": x})[0]
     assert (b.argmax(1) == y).mean() >= (a.argmax(1) == y).mean() - 0.01
 
 
@@ -260,8 +261,8 @@ def test_bias_that_does_not_fit_int32_stays_float():
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     samples = [{"x": rng.normal(0, 1, (1, 3, 8, 8)).astype(np.float32)} for _ in range(2)]
     q, _ = _quant(m, samples, measure=False, accuracy=False)
-    assert validate(q) is None
-    out = _session(q).run(None, samples[0])[0]
+    assert check(q) is None
+    out = session(q).run(None, samples[0])[0]
     np.testing.assert_allclose(out[0, 1], 2.0, rtol=1e-3)  # the tiny channel is its bias
 
 
@@ -279,10 +280,10 @@ def test_no_samples_auto_picks_dynamic_and_says_why(caplog):
     assert res.stats["mode"] == "dynamic" and "no calibration data is needed" in res.stats["mode_reason"]
     assert sum("no samples: dynamic INT8" in r.getMessage() for r in caplog.records) == 1
     assert "NO CALIBRATION SAMPLES" not in caplog.text
-    assert {"ConvInteger", "MatMulInteger"} <= set(_ops(q)) and validate(q) is None
+    assert {"ConvInteger", "MatMulInteger"} <= set(_ops(q)) and check(q) is None
     # accuracy on the real test set, without any calibration
-    a = _session(m, True).run(None, {"input": x})[0]
-    b = _session(q, True).run(None, {"input": x})[0]
+    a = session(m, optimize=True).run(None, {"input": x})[0]
+    b = session(q, optimize=True).run(None, {"input": x})[0]
     assert (b.argmax(1) == y).mean() >= (a.argmax(1) == y).mean() - 0.01
     assert rel_l2(a, b) < 0.05
 
@@ -296,8 +297,8 @@ def test_dynamic_conv_matches_float_per_channel():
     feed = {"x": rng.normal(0, 1, (1, 3, 16, 16)).astype(np.float32)}
     q, res = _quant(m, [feed], mode="dynamic", measure=False, accuracy=False)
     assert res.changed and "ConvInteger" in _ops(q) and "Conv" not in _ops(q)
-    assert validate(q) is None
-    a, b = _session(m).run(None, feed)[0], _session(q).run(None, feed)[0]
+    assert check(q) is None
+    a, b = session(m).run(None, feed)[0], session(q).run(None, feed)[0]
     assert rel_l2(a, b) < 0.02
     assert rel_l2(a[:, 0], b[:, 0]) < 0.05  # the weakest channel (weights 1e-2 of the others)
 
@@ -313,9 +314,9 @@ def test_fused_ort_convs_are_quantized():
     assert any(n.op_type == "FusedConv" for n in fused.graph.node)
     q, res = _quant(fused, calib, measure=False)
     assert res.stats["unfused_ort_ops"] >= 6 and res.stats["mode"] == "static"
-    assert "QuantizeLinear" in _ops(q) and validate(q) is None
+    assert "QuantizeLinear" in _ops(q) and check(q) is None
     assert not any(n.op_type == "FusedConv" for n in q.graph.node)
-    b = _session(q, True).run(None, {"input": x})[0]
+    b = session(q, optimize=True).run(None, {"input": x})[0]
     assert (b.argmax(1) == y).mean() > 0.95
 
 
@@ -342,11 +343,12 @@ def _region_model():
 
 
 def test_regions_are_chains_between_one_q_and_one_dq():
-    from graphopt.passes.quantize import _Builder, DEFAULT_OPS
+    from graphopt.passes._qbuild import DEFAULT_OPS, Builder
+    from graphopt.passes._qregions import regions as regions_of
 
     m, samples = _region_model()
-    b = _Builder(m, "static", list(DEFAULT_OPS), set(), dict(per_channel=True, act="uint8", symmetric=False))
-    regions = {tuple(r.nodes): r for r in b.regions(set())}
+    b = Builder(m, "static", list(DEFAULT_OPS), set(), dict(per_channel=True, act="uint8", symmetric=False))
+    regions = {tuple(r.nodes): r for r in regions_of(b, set())}
     # convA's output (Relu folded) is read only by convB: one chain. convB's output is read
     # by the float HardSigmoid too, so it is dequantized there: the chain ends.
     assert set(regions) == {("convA", "convB"), ("convC", "mul")}
@@ -356,7 +358,7 @@ def test_regions_are_chains_between_one_q_and_one_dq():
     assert ab.entry_elems == 3 * 256 and ab.exit_elems == 64 * 256  # Q of x, DQ of y1
     assert ab.gain(4.0) > 0 and mc.gain(4.0) < 0  # depthwise INT8 saves nothing, its Q/DQ costs
     # leaving convB float splits the chain
-    assert {tuple(r.nodes) for r in b.regions({"convB"})} == {("convA",), ("convC", "mul")}
+    assert {tuple(r.nodes) for r in regions_of(b, {"convB"})} == {("convA",), ("convC", "mul")}
 
 
 def test_cost_check_reports_each_region(monkeypatch):
@@ -382,7 +384,7 @@ def test_cost_check_reports_each_region(monkeypatch):
     (ab,) = [v for k, v in regions.items() if "Convx2" in k]
     (mc,) = [v for k, v in regions.items() if "Mul" in k]
     assert ab.startswith("int8") and mc.startswith("float")
-    assert validate(q) is None
+    assert check(q) is None
     produced = {o: n.op_type for n in q.graph.node for o in n.output}
     by_name = {n.name: n for n in q.graph.node}
     assert produced[by_name["convB"].input[0]] == "DequantizeLinear"
@@ -431,8 +433,8 @@ def test_readme_python_example_quantizes_or_says_why():
     assert st["regions"] and all(v.startswith(("int8", "float")) for v in st["regions"].values())
     if rec.changed:
         assert "QuantizeLinear" in _ops(q) and st["cost_trials"]
-        a = _session(m, True).run(None, {"input": x})[0]
-        b = _session(q, True).run(None, {"input": x})[0]
+        a = session(m, optimize=True).run(None, {"input": x})[0]
+        b = session(q, optimize=True).run(None, {"input": x})[0]
         assert (b.argmax(1) == y).mean() >= (a.argmax(1) == y).mean() - 0.01
     else:
         assert "not shown faster" in st["reverted"] and st["cost_trials"]
