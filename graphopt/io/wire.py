@@ -183,9 +183,9 @@ class _RawTensor:
     __slots__ = ("after", "array", "before", "nbytes", "size", "tensor")
 
     def __init__(self, tensor: onnx.TensorProto, before: bytes, after: bytes, nbytes: int,
-                 array: np.ndarray | None = None) -> None:
+                 array: np.ndarray | onnx.TensorProto | None = None) -> None:
         self.tensor, self.before, self.after, self.nbytes = tensor, before, after, nbytes
-        self.array = array  # a stub's weights (see export_model): written from here
+        self.array = array  # a stub's weights (see export_model: an array or a TensorProto): written from here
         self.size = len(before) + len(_RAW_KEY) + len(_varint(nbytes)) + nbytes + len(after)
 
 
@@ -334,22 +334,14 @@ def _materialize_all(model: onnx.ModelProto, arrays: dict | None) -> None:
 
 def _write_pieces(pieces: list, f) -> None:
     for piece in pieces:
-        if isinstance(piece, _RawTensor) and isinstance(piece.array, onnx.TensorProto):
-            raw = piece.array.raw_data
-            if len(raw) != piece.nbytes:
-                raise _SizeMismatch
-            f.write(piece.before)
-            f.write(_RAW_KEY + _varint(len(raw)))
-            f.write(raw)
-            del raw
-            f.write(piece.after)
-        elif isinstance(piece, _RawTensor) and piece.array is not None:
+        if isinstance(piece, _RawTensor) and isinstance(piece.array, np.ndarray):
             f.write(piece.before)
             f.write(_RAW_KEY + _varint(piece.nbytes))
             _write_array(f, piece.array)
             f.write(piece.after)
         elif isinstance(piece, _RawTensor):
-            raw = piece.tensor.raw_data
+            # raw_data of the input's TensorProto (a stub's source) or of the tensor itself
+            raw = (piece.array if piece.array is not None else piece.tensor).raw_data
             if len(raw) != piece.nbytes:
                 raise _SizeMismatch
             f.write(piece.before)
