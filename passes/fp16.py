@@ -79,7 +79,7 @@ class Float16(Pass):
     }
 
     def run(self, model: Model, ctx: PassContext) -> PassResult:
-        self.budget = budget = self.budget_for(ctx)  # what the search aims at and the verifier checks
+        budget = self.budget  # the declared budget, resolved for this run by the pass manager
         fp32 = model.to_onnx()
         conv = _Converter(fp32, set(self.block), set(self.block_nodes))
         if not conv.eligible:

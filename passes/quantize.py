@@ -91,7 +91,7 @@ class Quantize(Pass):
 
     # ------------------------------------------------------------------ driver
     def run(self, model: Model, ctx: PassContext) -> PassResult:
-        self.budget = self.budget_for(ctx)  # what the search aims at and the verifier checks
+        # self.budget: the declared budget, resolved for this run by the pass manager
         stats: dict = {"left_float": {}}
         fp32 = self._prefused(model, ctx, stats) if self.prefuse else model.to_onnx()
         samples, generated = _lossy.feeds(fp32, ctx, 8)
@@ -181,7 +181,7 @@ class Quantize(Pass):
     def _prefused(self, model: Model, ctx: PassContext, stats: dict) -> onnx.ModelProto:
         """The float model to quantize: BatchNorm, per-channel Mul/Add and zero Pad folded
         into the convolutions first (on a copy), as quantization tools do, so that each Q/DQ
-        pair wraps a whole fused op. The input model is untouched if quant changes nothing."""
+        pair wraps a whole fused op, and HardSwish spelled as one op. The input model is untouched if quant changes nothing."""
         from graphopt.pipeline import get_pass
 
         work = model.copy()
@@ -192,6 +192,9 @@ class Quantize(Pass):
         for name in ("fold-pad", "fold-bn", "fold-affine"):
             res = get_pass(name)().run(work, ctx)
             folded += sum(v for v in res.stats.values() if isinstance(v, int))
+        # x * HardSigmoid(x) -> HardSwish (opset >= 14): one float op between regions, which
+        # the static build turns into Clip + QLinearMul (passes/_qhardswish; issue 16)
+        folded += get_pass("fuse-hardswish")().run(work, ctx).stats.get("fused", 0)
         if folded:
             stats["prefused"] = folded
             return work.to_onnx()

@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 import pytest
 
-from graphopt import GraphoptError, PassContext
+from graphopt import GraphoptError, PassContext, PassManager
 from graphopt.ir import Model
 from graphopt.passes._budget import excess
 # --- quant/fp16 (issue 14, helper F1): sessions from graphopt.runtime
@@ -53,7 +53,7 @@ def test_run_budget_reaches_quant_and_its_own_option_wins():
     ctx = PassContext(samples=calib, budget={"top1": 1.0})
     p = get_pass("quant")(measure=False)
     model = Model.from_onnx(m)
-    res = p.run(model, ctx)
+    res = PassManager([p], ctx).run(model).records[0]  # (F1) the manager resolves the declared budget
     assert p.budget == {"top1": 1.0}
     assert res.stats["budget"] == "top1 >= 1"
     if res.changed:  # whatever was quantized keeps every evaluation sample's argmax
@@ -63,10 +63,10 @@ def test_run_budget_reaches_quant_and_its_own_option_wins():
         b = session(q, optimize=True).run(None, {"input": evals})[0]
         assert (a.argmax(1) == b.argmax(1)).all()
     own = get_pass("quant")(measure=False, accuracy=False, max_rel_l2=0.2)
-    own.run(Model.from_onnx(m), ctx)
+    PassManager([own], ctx).run(Model.from_onnx(m))
     assert own.budget == {"rel_l2": 0.2}
     default = get_pass("quant")(measure=False, accuracy=False)
-    default.run(Model.from_onnx(m), PassContext(samples=calib))
+    PassManager([default], PassContext(samples=calib)).run(Model.from_onnx(m))
     assert default.budget == {"rel_l2": 0.1}
 
 
