@@ -20,6 +20,7 @@ from graphopt.ir import export_graph, fresh_namer, outer_names_used, subgraphs_o
 
 from . import _calibrate
 from ._lossy import inline_constants
+from ._qhardswish import integer_hardswish
 
 WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Gather")
 ACT_OPS = ("Add", "Mul", "Concat", "MaxPool", "AveragePool", "GlobalAveragePool", "Resize")
@@ -149,6 +150,7 @@ class Builder:
                 self._dynamic(g, node, namer)
         else:
             self._static(g, nodes, namer)
+            integer_hardswish(g, namer)  # issue 16: HardSwish between Q/DQ as Clip + QLinearMul
         g.cleanup(remove_unused_graph_inputs=False)
         g.toposort()
         return export_graph(g, self.proto)

@@ -236,7 +236,8 @@ def choose(fp32: onnx.ModelProto, q: onnx.ModelProto, builder: Builder, skip: se
 
 def _configs(builder: Builder, skip: set[str], regions: list[Region]):
     """(label, nodes kept float, why per node) in the fixed order the cost check tries
-    them: everything; element-wise/pooling ops float; then the regions whose estimated
+    them: everything; the convolutions that only add a quantize (see _float_fed_convs);
+    element-wise/pooling ops float; then the regions whose estimated
     gain is positive, for each Q/DQ cost in QDQ_COSTS (greedy by estimated gain: a
     higher Q/DQ cost keeps fewer, denser regions). Sets already tried are skipped."""
     seen = []
@@ -249,6 +250,9 @@ def _configs(builder: Builder, skip: set[str], regions: list[Region]):
 
     if new(skip):
         yield "all candidates", skip, {}
+    lead = _float_fed_convs(builder, skip)
+    if lead and new(skip | set(lead)):
+        yield "convolutions on float inputs float (input and float-fed depthwise)", skip | set(lead), lead
     cheap = {n for n, node in builder.candidates.items() if node.op in CHEAP_OPS} - skip
     if cheap and new(skip | cheap):
         yield "element-wise/pooling ops float", skip | cheap, dict.fromkeys(cheap, "cost: no speedup from INT8 here")
@@ -263,6 +267,36 @@ def _configs(builder: Builder, skip: set[str], regions: list[Region]):
             why = {n: f"cost: region {r.label} estimated to lose ({r.gain(k) / 1e6:+.2f} M MAC-equivalents "
                       f"at Q/DQ cost {k:g})" for r in losing for n in r.nodes}
             yield f"regions with estimated gain > 0 at Q/DQ cost {k:g} ({len(regions) - len(losing)}/{len(regions)})", cfg, why
+
+
+def _float_fed_convs(builder: Builder, skip: set[str]) -> dict[str, str]:
+    """Convolutions at the model's float entry whose INT8 form would add a quantize and
+    save little: those reading a graph input (few channels: onnxruntime's INT8 kernel is
+    bound by its im2col, 2x slower than NCHWc float on MobileNetV3's 3-channel stem), then
+    depthwise convolutions whose input is still float, computed from the graph inputs by
+    float ops only (INT8 depthwise kernels are no faster than float: 3x3 ones measured 2-3x
+    slower). Node -> why."""
+    g = gs.import_onnx(builder.proto)
+    floating = {t.name for t in g.inputs}  # computed from the graph inputs by float ops only
+    why: dict[str, str] = {}
+    for n in g.nodes:  # topological order
+        acts = [t for t in n.inputs if t.name and not isinstance(t, gs.Constant)]
+        is_float = bool(acts) and all(t.name in floating for t in acts)
+        if n.name in builder.candidates and n.name not in skip:
+            w = n.inputs[1] if n.op == "Conv" and len(n.inputs) > 1 else None
+            depthwise = (isinstance(w, gs.Constant) and int(n.attrs.get("group", 1)) > 1
+                         and w.values.shape[1] == 1)
+            if not is_float or w is None:
+                continue
+            if n.inputs[0].name in {t.name for t in g.inputs}:
+                why[n.name] = "cost: convolution on a graph input (INT8 im2col-bound, adds a quantize)"
+            elif depthwise:
+                why[n.name] = "cost: depthwise convolution on a float input (INT8 saves nothing, adds a quantize)"
+            else:
+                continue
+        if is_float:
+            floating |= {t.name for t in n.outputs}
+    return why
 
 
 def _feeds(proto: onnx.ModelProto, feed: dict) -> list[dict]:

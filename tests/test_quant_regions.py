@@ -1,0 +1,146 @@
+"""Issue 16: INT8 forms that pay on MobileNetV3-style models.
+
+- HardSwish between two quantized ops becomes an integer Clip (HardSigmoid, exact when
+  x's scale divides 3) and a QLinearMul (passes/_qhardswish);
+- the cost check tries a set that keeps the model's float entry float: convolutions on a
+  graph input and depthwise convolutions still fed by float ops (passes/_qregions).
+Structure and measured error bounds only; nothing here is timed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from graphopt import Model, PassContext
+from graphopt.pipeline import get_pass
+from graphopt.runtime import session
+
+
+def _conv_hswish_conv(opset=17):
+    """x -> conv1 (3x3, 8->32) -> HardSwish -> conv2 (1x1, 32->16) -> out."""
+    rng = np.random.default_rng(0)
+    inits = [onnx.numpy_helper.from_array(rng.normal(0, 0.2, s).astype(np.float32), n)
+             for n, s in (("w1", (32, 8, 3, 3)), ("w2", (16, 32, 1, 1)))]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("HardSwish", ["a"], ["h"], name="hswish"),
+             helper.make_node("Conv", ["h", "w2"], ["out"], name="conv2")]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 12, 12])],
+                          [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 16, 12, 12])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+    rng = np.random.default_rng(1)
+    feeds = [{"x": rng.normal(0, 1.5, (1, 8, 12, 12)).astype(np.float32)} for _ in range(12)]
+    return m, feeds
+
+
+def _quant(m, samples, **opts):
+    model = Model.from_onnx(m)
+    res = get_pass("quant")(**opts).run(model, PassContext(samples=samples))
+    return model.to_onnx(), res
+
+
+def _rel(a, b):
+    return float(np.linalg.norm(a - b) / np.linalg.norm(a))
+
+
+@pytest.mark.parametrize("s,z", [(0.05, 100), (0.013, 200), (0.2, 10), (0.11, 0)])
+def test_integer_params_make_three_a_whole_number_of_steps(s, z):
+    from graphopt.passes._qhardswish import MAX_STEP_GROWTH, _int_params
+
+    p = _int_params(s, z, 0, 255)
+    assert p is not None
+    s2, z2, k = p
+    assert abs(3.0 / s2 - k) < 1e-9 and k >= 1
+    assert 0 <= z2 - k and z2 <= 255
+    assert s <= s2 <= MAX_STEP_GROWTH * s or (s * z < 3 and s2 <= MAX_STEP_GROWTH * s)
+    # the new range still covers the old one (no saturation introduced)
+    assert s2 * (0 - z2) <= s * (0 - z) + 1e-6 and s2 * (255 - z2) >= s * (255 - z) - 1e-6
+
+
+def test_integer_params_refuse_a_coarse_step():
+    from graphopt.passes._qhardswish import _int_params
+
+    assert _int_params(2.0, 128, 0, 255) is None  # 3 / s = 1.5: the step would double
+    assert _int_params(0.01, 2, 0, 255) is None  # range [-0.02, 2.5]: reaching -3 widens it 2x
+
+
+def test_integer_hardsigmoid_is_exact():
+    """Clip(q, z-k, z+k) dequantized with (s/6, z-k) equals HardSigmoid(DQ(q)) exactly
+    (to float rounding) for every uint8 value."""
+    from graphopt.passes._qhardswish import _int_params
+
+    s2, z2, k = _int_params(0.04, 120, 0, 255)
+    q = np.arange(256)
+    x = s2 * (q - z2)
+    ref = np.clip(x / 6 + 0.5, 0, 1)
+    got = (s2 / 6) * (np.clip(q, z2 - k, min(255, z2 + k)) - (z2 - k))
+    assert np.max(np.abs(ref - got)) < 1e-6
+
+
+def test_quant_computes_hardswish_in_int8_within_budget(monkeypatch):
+    from graphopt.passes import _qbuild
+
+    m, feeds = _conv_hswish_conv()
+    calib, held = feeds[:8], feeds[8:]
+    q, res = _quant(m, calib, measure=False, accuracy=False)
+    ops = [n.op_type for n in q.graph.node]
+    assert res.changed and "HardSwish" not in ops and "Clip" in ops
+    clip = next(n for n in q.graph.node if n.op_type == "Clip")
+    prod = {o: n for n in q.graph.node for o in n.output}
+    assert prod[clip.input[0]].op_type == "QuantizeLinear"  # on the integer tensor
+    # onnxruntime runs it as one QLinearMul, no float HardSigmoid left
+    import tempfile, os
+    from graphopt.runtime import options
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as d:
+        so = options(1, optimize=True)
+        so.optimized_model_filepath = os.path.join(d, "opt.onnx")
+        ort.InferenceSession(q.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        opt_ops = [n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node]
+    assert "QLinearMul" in opt_ops and "HardSigmoid" not in opt_ops
+    # measured error: within the default budget and no worse than 1.5x the float-HardSwish form
+    ref_s, q_s = session(m, optimize=True), session(q, optimize=True)
+    err = max(_rel(ref_s.run(None, f)[0], q_s.run(None, f)[0]) for f in held)
+    monkeypatch.setattr(_qbuild, "integer_hardswish", lambda g, namer: 0)
+    q_float_hs, _ = _quant(m, calib, measure=False, accuracy=False)
+    assert "HardSwish" in [n.op_type for n in q_float_hs.graph.node]
+    f_s = session(q_float_hs, optimize=True)
+    err_float_hs = max(_rel(ref_s.run(None, f)[0], f_s.run(None, f)[0]) for f in held)
+    assert err < 0.1 and err <= 1.5 * err_float_hs + 1e-3, (err, err_float_hs)
+
+
+def test_hardswish_read_in_float_stays_float():
+    """When the HardSwish output is also a graph output (read in float), no rewrite."""
+    m, feeds = _conv_hswish_conv()
+    m.graph.output.append(helper.make_tensor_value_info("h", TensorProto.FLOAT, [1, 32, 12, 12]))
+    q, res = _quant(m, feeds[:8], measure=False, accuracy=False)
+    assert "HardSwish" in [n.op_type for n in q.graph.node]
+
+
+def test_float_entry_set_is_stem_and_float_fed_depthwise():
+    """MobileNetV3-small: the set keeps the 3-channel stem and block 1's depthwise conv
+    (fed by the stem's HardSwish, still float) float; every later depthwise conv reads a
+    quantized expand conv's output and stays a candidate. quant spells x*HardSigmoid(x)
+    as HardSwish first."""
+    from graphopt.passes import _qbuild, _qregions
+    from graphopt.passes.quantize import Quantize
+    from graphopt.testing import archs
+
+    m = archs.mobilenet_v3_small(batch=1, image=64)
+    rng = np.random.default_rng(0)
+    calib = [{"input": rng.uniform(0, 1, (1, 3, 64, 64)).astype(np.float32)} for _ in range(2)]
+    stats: dict = {}
+    fp32 = Quantize()._prefused(Model.from_onnx(m), PassContext(samples=calib), stats)
+    assert sum(n.op_type == "HardSwish" for n in fp32.graph.node) == 19
+    b = _qbuild.Builder(fp32, "static", list(_qbuild.DEFAULT_OPS), set(),
+                        dict(per_channel=True, act="uint8", symmetric=False))
+    lead = _qregions._float_fed_convs(b, set())
+    assert sorted(lead) == ["/features.0.0/Conv", "/features.1.dw.0/Conv"]
+    assert all(why.startswith("cost: ") for why in lead.values())
+    labels = [label for label, _, _ in _qregions._configs(b, set(), [])]
+    assert labels[:2] == ["all candidates", "convolutions on float inputs float (input and float-fed depthwise)"]
+    # excluding the stem for accuracy: block 1's depthwise conv is still fed by float ops
+    assert sorted(_qregions._float_fed_convs(b, {"/features.0.0/Conv"})) == ["/features.1.dw.0/Conv"]
