@@ -275,6 +275,31 @@ def test_declared_budget_reaches_a_plugin_that_never_sets_it(registry):
     assert [n.op_type for n in out.graph.node] == ["Relu", "Mul"]
 
 
+def test_every_way_in_runs_through_the_one_driver(tmp_path, monkeypatch):
+    """graphopt.optimize, optimize_file (the CLI's run) and compile's front end all run
+    their pipeline through graphopt.driver.run_pipeline; they differ only in its arguments."""
+    from graphopt import codegen, driver
+
+    calls = []
+    real = driver.run_pipeline
+
+    def spy(model, manager, **kw):
+        calls.append((type(manager.instruments[0]).__name__ if manager.instruments else None, manager.ctx.target,
+                      kw.get("check", False), kw.get("stubs", False)))
+        return real(model, manager, **kw)
+
+    monkeypatch.setattr(driver, "run_pipeline", spy)
+    monkeypatch.setattr(graphopt.api, "run_pipeline", spy)  # api binds the name at import
+    m = chain_model(1, 2)
+    graphopt.optimize(m, "dce")
+    src = tmp_path / "m.onnx"
+    onnx.save(m, src)
+    assert main([str(src), "-p", "dce", "-q", "-o", str(tmp_path / "o.onnx")]) == 0
+    codegen.front_end(m, "dce", {"x": (2, 4)}, verify=False)
+    assert calls == [("VerifyInstrument", "onnx", False, False), ("VerifyInstrument", "onnx", True, True),
+                     (None, "tvm", False, False)]
+
+
 # ------------------------------------------------------------------ plugins
 
 
