@@ -41,6 +41,19 @@ REDUCE = {"ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceL1", "Redu
           "ReduceProd", "ReduceSumSquare", "ReduceLogSum", "ReduceLogSumExp"}
 
 
+def on_channels(rule):
+    """A rule that applies only when the node's first input carries channels: called as
+    rule(az, node, x, layout of x); nodes whose first input has none are left alone."""
+
+    def apply(az: Analyzer, node: gs.Node) -> None:
+        x = node.inputs[0] if node.inputs else None
+        lx = az.layout(x) if x is not None else None
+        if lx is not None:
+            rule(az, node, x, lx)
+
+    return apply
+
+
 def new_root(az: Analyzer, node: gs.Node, kind: str, weight: WeightRef, w_axis: int, n: int,
              out_axis: int, bias: WeightRef | None = None, bias_axis: int = 0) -> None:
     y = node.outputs[0]
@@ -150,11 +163,8 @@ def matmul(az: Analyzer, node: gs.Node) -> None:
     new_root(az, node, "matmul", w, 1, n, max(len(a_shape) - 1, 0))
 
 
-def passthrough(az: Analyzer, node: gs.Node) -> None:
-    x = node.inputs[0] if node.inputs else None
-    lx = az.layout(x) if x is not None else None
-    if lx is None:
-        return
+@on_channels
+def passthrough(az: Analyzer, node: gs.Node, x: gs.Tensor, lx: Layout) -> None:
     op = node.op
     used_outputs = [t for t in node.outputs[1:] if t.outputs or t.name in az.out_names]
     if used_outputs:
@@ -179,7 +189,9 @@ def passthrough(az: Analyzer, node: gs.Node) -> None:
     elif op == "PRelu":
         rank = len(az.shape(x) or [])
         az.set_layout(node.outputs[0], Layout(lx.elems, lx.axis))
-        channel_constant(az, node, 1, node.outputs[0], lx.axis, rank, len(lx.elems))
+        ax = operand_axis(az, node.inputs[1], lx.axis, rank, "unknown constant shape")
+        if ax is not None:
+            slice_constant(az, node, 1, ax, node.outputs[0], len(lx.elems))
     elif op == "Clip":
         for t in node.inputs[1:]:
             if t.name and az.shape(t) not in ([], [1]):
@@ -191,18 +203,21 @@ def passthrough(az: Analyzer, node: gs.Node) -> None:
     az.set_layout(node.outputs[0], Layout(lx.elems, lx.axis))
 
 
-def channel_constant(az: Analyzer, node: gs.Node, i: int, out: gs.Tensor, axis: int, rank: int, n: int) -> None:
-    """A constant operand broadcast against a channel tensor (output `out`, channel
-    `axis` of `rank`): slice it with `out`'s layout if it is per-channel."""
-    t = node.inputs[i]
-    cs = az.shape(t)
-    if cs is None:
-        raise Unsupported("unknown constant shape")
-    ax = axis - (rank - len(cs))
-    if ax < 0 or cs[ax] == 1:
-        return
+def operand_axis(az: Analyzer, t: gs.Tensor, axis: int, rank: int, unknown: str) -> int | None:
+    """The axis of operand `t` that meets channel `axis` of a rank-`rank` result under
+    broadcasting, or None when `t` broadcasts along it (Unsupported(`unknown`) when the
+    shape of `t` is unknown)."""
+    s = az.shape(t)
+    if s is None:
+        raise Unsupported(unknown)
+    ax = axis - (rank - len(s))
+    return None if ax < 0 or s[ax] == 1 else ax
+
+
+def slice_constant(az: Analyzer, node: gs.Node, i: int, ax: int, out: gs.Tensor, n: int) -> None:
+    """Slice per-channel constant input `i` (channels on its axis `ax`) with `out`'s layout."""
     ref = az.weight(node, i)
-    if ref is None or cs[ax] != n:
+    if ref is None or az.shape(node.inputs[i])[ax] != n:
         raise Unsupported("shared or mismatched per-channel constant")
     az.a.slices.append(Slice(ref, ax, out.name, "param"))
 
@@ -274,17 +289,14 @@ def elementwise(az: Analyzer, node: gs.Node) -> None:
     for t in ins:
         if az.layout(t) is not None:
             continue
-        s = az.shape(t)
-        if s is None:
-            raise Unsupported("unknown operand shape")
-        ax = axis - (rank - len(s))
-        if ax < 0 or s[ax] == 1:
+        ax = operand_axis(az, t, axis, rank, "unknown operand shape")
+        if ax is None:
             continue
         if node.op == "Pow" and t is node.inputs[1]:
             raise Unsupported("per-channel exponent")
         if read_constant(t) is None:
             raise Unsupported("operand without channel mapping")
-        channel_constant(az, node, node.inputs.index(t), y, axis, rank, n)
+        slice_constant(az, node, node.inputs.index(t), ax, y, n)
     for t, lt in layouts[1:]:
         az.a.union(first.elems, lt.elems)
     az.set_layout(y, Layout(first.elems, axis))
@@ -326,11 +338,7 @@ def concat(az: Analyzer, node: gs.Node) -> None:
         az.set_layout(node.outputs[0], Layout(present[0].elems, ch))
 
 
-def reshape_like(az: Analyzer, node: gs.Node, fix_shape: bool) -> None:
-    x = node.inputs[0]
-    lx = az.layout(x)
-    if lx is None:
-        return
+def reshape_like(az: Analyzer, node: gs.Node, x: gs.Tensor, lx: Layout, fix_shape: bool) -> None:
     ins, outs = az.raw_shapes.get(x.name), az.raw_shapes.get(node.outputs[0].name)
     if ins is None or outs is None or any(d is None for d in ins) or any(d is None for d in outs):
         raise Unsupported("dynamic shape")
@@ -372,11 +380,8 @@ def reshape_like(az: Analyzer, node: gs.Node, fix_shape: bool) -> None:
             az.a.fixups.append(Fixup(y.name, fix))
 
 
-def split(az: Analyzer, node: gs.Node) -> None:
-    x = node.inputs[0]
-    lx = az.layout(x)
-    if lx is None:
-        return
+@on_channels
+def split(az: Analyzer, node: gs.Node, x: gs.Tensor, lx: Layout) -> None:
     xs = az.shape(x)
     if xs is None:
         raise Unsupported("unknown shape")
@@ -415,22 +420,17 @@ def split(az: Analyzer, node: gs.Node) -> None:
     az.a.fixups.append(Fixup(outs[0].name, fix, [y.name for y in outs]))
 
 
-def transpose(az: Analyzer, node: gs.Node) -> None:
-    lx = az.layout(node.inputs[0])
-    if lx is None:
-        return
+@on_channels
+def transpose(az: Analyzer, node: gs.Node, x: gs.Tensor, lx: Layout) -> None:
     perm = node.attrs.get("perm")
     if perm is None:
-        rank = len(az.shape(node.inputs[0]) or [])
+        rank = len(az.shape(x) or [])
         perm = list(reversed(range(rank)))
     az.set_layout(node.outputs[0], Layout(lx.elems, list(perm).index(lx.axis)))
 
 
-def reduce(az: Analyzer, node: gs.Node) -> None:
-    x = node.inputs[0]
-    lx = az.layout(x)
-    if lx is None:
-        return
+@on_channels
+def reduce(az: Analyzer, node: gs.Node, x: gs.Tensor, lx: Layout) -> None:
     rank = len(az.shape(x) or [])
     axes = node.attrs.get("axes")
     if axes is None and len(node.inputs) > 1 and node.inputs[1].name:
@@ -448,11 +448,8 @@ def reduce(az: Analyzer, node: gs.Node) -> None:
     az.set_layout(node.outputs[0], Layout(lx.elems, axis))
 
 
-def softmax(az: Analyzer, node: gs.Node) -> None:
-    x = node.inputs[0]
-    lx = az.layout(x)
-    if lx is None:
-        return
+@on_channels
+def softmax(az: Analyzer, node: gs.Node, x: gs.Tensor, lx: Layout) -> None:
     rank = len(az.shape(x) or [])
     default = -1 if az.opset >= 13 else 1
     axis = int(node.attrs.get("axis", default)) % max(rank, 1)
@@ -473,8 +470,8 @@ RULES = {
     **dict.fromkeys(ELEMENTWISE, elementwise),
     **dict.fromkeys(REDUCE, reduce),
     "Conv": conv, "Gemm": gemm, "MatMul": matmul, "Concat": concat,
-    "Reshape": partial(reshape_like, fix_shape=True),
-    **dict.fromkeys(("Flatten", "Squeeze", "Unsqueeze"), partial(reshape_like, fix_shape=False)),
+    "Reshape": on_channels(partial(reshape_like, fix_shape=True)),
+    **dict.fromkeys(("Flatten", "Squeeze", "Unsqueeze"), on_channels(partial(reshape_like, fix_shape=False))),
     "Split": split, "Transpose": transpose, "Softmax": softmax, "LogSoftmax": softmax,
 }
 

@@ -4,7 +4,18 @@ The pass removes whole output channels of Conv/Gemm/MatMul layers and everything
 depends on them (BN parameters, per-channel constants, depthwise convs, the input
 channels of consumer layers, Reshape constants, Gemm features after a Flatten), so the
 model really gets smaller and faster — no masks. Coupled channels (residual adds,
-depthwise chains, concatenations) are found by `passes._channels` and removed together.
+depthwise chains, concatenations) are found by the channel analysis and removed together.
+
+The pass is spread over modules by responsibility; this one holds its options and run():
+
+    _channels, _channels_ops   the channel analysis: records, and one rule per op
+    _prune_select              importance scores, coupled groups, kept widths
+    _sensitivity               scope=sensitivity: measured per-group errors, MAC budget
+    _prune_rewrite             removing the channels; mean compensation without samples
+    _prune_refit               least-squares reconstruction with samples
+
+Long steps report counted progress (graphopt.progress): one step per group measured
+(scope=sensitivity) and one per layer refit per reconstruction round.
 
 Without fine-tuning, pruning loses accuracy; with samples (``PassContext.samples``) the
 pass re-fits every consumer layer by least squares so that its output matches the

@@ -81,6 +81,16 @@ class Builder:
         return m
 
 
+def _bottleneck(b: "Builder", x: str, cin: int, mid: int, stride: int) -> tuple[str, int]:
+    """1x1 -> 3x3 (stride) -> 1x1 x4, plus the identity or a projection shortcut."""
+    cout = mid * 4
+    y = b.cbr(x, cin, mid, 1)
+    y = b.cbr(y, mid, mid, 3, stride)
+    y = b.cbr(y, mid, cout, 1, act=None)
+    sc = x if (cin == cout and stride == 1) else b.cbr(x, cin, cout, 1, stride, act=None)
+    return b.relu(b.node("Add", [y, sc])), cout
+
+
 def resnet_like(width=16, image=32, seed=0) -> onnx.ModelProto:
     """Stem + 2 stages of 2 bottlenecks (1x1 -> 3x3 -> 1x1 x4, projection shortcut) + FC."""
     b = Builder(seed)
@@ -89,13 +99,7 @@ def resnet_like(width=16, image=32, seed=0) -> onnx.ModelProto:
     for stage, mid in enumerate([width, width * 2]):
         for blk in range(2):
             stride = 2 if (stage > 0 and blk == 0) else 1
-            cout = mid * 4
-            y = b.cbr(x, cin, mid, 1)
-            y = b.cbr(y, mid, mid, 3, stride)
-            y = b.cbr(y, mid, cout, 1, act=None)
-            sc = x if (cin == cout and stride == 1) else b.cbr(x, cin, cout, 1, stride, act=None)
-            x = b.relu(b.node("Add", [y, sc]))
-            cin = cout
+            x, cin = _bottleneck(b, x, cin, mid, stride)
     out = b.head(x, cin)
     return b.model("input", out, [2, 3, image, image])
 
@@ -183,13 +187,7 @@ def resnet50_full(image=224, classes=1000, seed=0) -> onnx.ModelProto:
     for stage, (mid, reps) in enumerate([(64, 3), (128, 4), (256, 6), (512, 3)]):
         for i in range(reps):
             stride = 2 if (stage > 0 and i == 0) else 1
-            cout = mid * 4
-            y = b.cbr(x, cin, mid, 1)
-            y = b.cbr(y, mid, mid, 3, stride)
-            y = b.cbr(y, mid, cout, 1, act=None)
-            sc = x if (cin == cout and stride == 1) else b.cbr(x, cin, cout, 1, stride, act=None)
-            x = b.relu(b.node("Add", [y, sc]))
-            cin = cout
+            x, cin = _bottleneck(b, x, cin, mid, stride)
     out = b.head(x, cin, classes)
     return b.model("input", out, [1, 3, image, image])
 

@@ -663,27 +663,11 @@ def test_sensitivity_scope_on_digits():
 # ---------------------------------------------------------------------------- progress
 
 
-class _Recorder:
-    """A graphopt.progress sink that records what it is told (as tests/test_progress.py)."""
-
-    def __init__(self):
-        self.started, self.advanced, self.finished = [], {}, []
-
-    def start(self, label, total):
-        self.started.append((label, total))
-        self.advanced[len(self.started) - 1] = 0
-        return len(self.started) - 1
-
-    def advance(self, key, n=1):
-        self.advanced[key] += n
-
-    def finish(self, key):
-        self.finished.append(key)
-
-
 def test_progress_counts_groups_and_layers():
     """Issue 17: pruning reports counted steps (a bar in the CLI): one per coupled group
     measured (scope=sensitivity), one per layer refit per reconstruction round."""
+    from test_progress import Recorder
+
     from graphopt import progress
 
     model = onnx.load(DIGITS)
@@ -692,7 +676,7 @@ def test_progress_counts_groups_and_layers():
     samples = [{"input": x[i:i + 16]} for i in range(0, 64, 16)]
     totals = {}
     for rounds in (1, 2):
-        rec = _Recorder()
+        rec = Recorder()
         with progress.reporting(rec):
             _, stats = _prune(model, f"prune(ratio=0.3, scope=sensitivity, reconstruct_rounds={rounds})",
                               samples=samples)
