@@ -95,12 +95,15 @@ def _with_checked_samples(ctx: PassContext, model: onnx.ModelProto) -> PassConte
 
 def check_model(proto: onnx.ModelProto, *, what: str, strict: bool = False) -> bool:
     """Structural checks. Cycles and undefined inputs are errors; the rest of
-    onnx.checker's complaints are errors only when `strict` (the input passed them)."""
+    onnx.checker's complaints are errors only when `strict` (the input passed them). The
+    checker sees the model without its large weights (graphopt.runtime.checker_skeleton);
+    a model over 2 GB even so is not checked (False)."""
     from .ir import validate_structure
+    from .runtime import checker_skeleton
 
     validate_structure(proto.graph)
     try:
-        skeleton = _checker_skeleton(proto)
+        skeleton = checker_skeleton(proto)
         if skeleton.ByteSize() > io.EXTERNAL_DATA_THRESHOLD:
             return False  # the in-memory checker cannot take models over 2 GB
         onnx.checker.check_model(skeleton)
@@ -111,80 +114,3 @@ def check_model(proto: onnx.ModelProto, *, what: str, strict: bool = False) -> b
         log.warning("%s fails onnx.checker: %s", what, first)
         return False
     return True
-
-
-_SKELETON_MIN_ELEMENTS = 1024
-
-
-def _checker_skeleton(proto: onnx.ModelProto) -> onnx.ModelProto:
-    """The model for onnx.checker without the payload of its large initializers.
-
-    onnx.checker.check_model serializes the whole model and parses it again in C++,
-    which for a BERT-base model costs more than loading and saving it. Large float
-    initializers are instead checked here (raw_data length against shape and type)
-    and handed to the checker as graph inputs of the same type and shape, which keeps
-    every check on the nodes that read them. Models with training_info (whose bindings
-    refer to initializers) are checked whole. Raises onnx.checker.ValidationError."""
-    from ._proto import copy_fields
-
-    graph = proto.graph
-    if len(proto.training_info):
-        if not any(t.data_location == onnx.TensorProto.EXTERNAL for t in io.iter_model_tensors(proto)):
-            return proto
-        whole = onnx.ModelProto()
-        whole.CopyFrom(proto)  # external tensors and stubs only: their payload is not in it
-        _zero_fill_external(whole)
-        return whole
-    import numpy as np
-    from onnx import helper
-
-    big, external = [], []
-    for t in graph.initializer:
-        if t.data_location == onnx.TensorProto.EXTERNAL:
-            external.append(t)  # still in its file (checked at load), or a stub of io.export_model
-            continue
-        n = 1
-        for d in t.dims:
-            n *= d
-        if n < _SKELETON_MIN_ELEMENTS or not t.HasField("raw_data") or t.data_type == onnx.TensorProto.STRING:
-            continue
-        try:
-            itemsize = np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
-        except (KeyError, TypeError, ValueError):
-            continue  # an unusual type: let the checker see it whole
-        if itemsize * n != len(t.raw_data):
-            raise onnx.checker.ValidationError(
-                f"TensorProto (tensor name: {t.name}) raw_data size ({len(t.raw_data)} bytes) "
-                f"does not match its shape and type ({itemsize * n} bytes)")
-        big.append(t)
-    main_ids = {id(t) for t in external}
-    nested_external = any(t.data_location == onnx.TensorProto.EXTERNAL and id(t) not in main_ids
-                          for t in io.iter_model_tensors(proto))
-    if not big and not external and not nested_external:
-        return proto
-    big = big + external
-    big_names = {t.name for t in big}
-    input_names = {i.name for i in graph.input}
-    skeleton = onnx.ModelProto()
-    copy_fields(proto, skeleton, skip=("graph",))
-    copy_fields(graph, skeleton.graph, skip=("initializer",))
-    skeleton.graph.initializer.extend(t for t in graph.initializer if t.name not in big_names)
-    for t in big:
-        if t.name not in input_names:
-            skeleton.graph.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
-    if nested_external:
-        _zero_fill_external(skeleton)
-    return skeleton
-
-
-def _zero_fill_external(model: onnx.ModelProto) -> None:
-    """External tensors left in a skeleton (in subgraphs and attributes; their files the
-    checker would look for in the working folder) are checked with zeros of their size."""
-    for t in io.iter_model_tensors(model):
-        if t.data_location == onnx.TensorProto.EXTERNAL:
-            n = io._fixed_nbytes(t)
-            if n is None:
-                continue
-            del t.external_data[:]
-            t.ClearField("data_location")
-            t.raw_data = bytes(n)
