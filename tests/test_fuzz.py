@@ -38,11 +38,11 @@ def _pass_classes(spec: str) -> list[type]:
         for member in groups[spec].members:
             out.extend(_pass_classes(member.split("(")[0]))
         return out
-    return [_pipeline.passes()[spec]]
+    return [_pipeline.list_passes()[spec]]
 
 
 def _specs() -> list[str]:
-    return sorted(_pipeline.passes()) + sorted(_pipeline.groups())
+    return sorted(_pipeline.list_passes()) + sorted(_pipeline.groups())
 
 
 def _samples(model: onnx.ModelProto, n: int = 4) -> list[dict]:
