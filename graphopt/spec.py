@@ -110,9 +110,8 @@ def _tokenize(spec: str) -> list[tuple[str, str]]:
     return tokens
 
 
-def _literal(kind: str, text: str) -> Any:
-    if kind == "str":
-        return text[1:-1]
+def word_value(text: str) -> Any:
+    """A bare word of a spec as a value: an int, a float, true/false, else the text."""
     for conv in (int, float):
         try:
             return conv(text)
@@ -121,6 +120,10 @@ def _literal(kind: str, text: str) -> Any:
     if text.lower() in ("true", "false"):
         return text.lower() == "true"
     return text
+
+
+def _literal(kind: str, text: str) -> Any:
+    return text[1:-1] if kind == "str" else word_value(text)
 
 
 def parse_spec(spec: str) -> list[SpecItem]:

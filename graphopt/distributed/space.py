@@ -31,7 +31,7 @@ from typing import Any
 
 from ..errors import GraphoptError
 from ..pipeline import discover, get_pass, groups
-from ..spec import parse_spec
+from ..spec import parse_spec, word_value
 
 SKIP = "none"
 
@@ -129,16 +129,7 @@ def _render(v: Any) -> str:
 
 def _coerce_literal(v: Any) -> Any:
     """parse_spec leaves list items as strings: read numbers and booleans back."""
-    if not isinstance(v, str):
-        return v
-    for conv in (int, float):
-        try:
-            return conv(v)
-        except ValueError:
-            pass
-    if v.lower() in ("true", "false"):
-        return v.lower() == "true"
-    return v
+    return word_value(v) if isinstance(v, str) else v
 
 
 def parse_space(text_or_path: str) -> Space:
