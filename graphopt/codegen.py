@@ -42,7 +42,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import onnx
 
 from .errors import GraphoptError, VerificationError
@@ -437,25 +436,14 @@ def _on_device(remote, library: Path, model, optimized, shapes, in_names, out_na
         if progress:
             progress(f"timing on {remote.where}")
         t0 = time.perf_counter()
-        feeds = _timing_feeds(model, shapes, seed)
+        from .runtime import random_inputs
+
+        feeds = random_inputs(model, seed=seed, shapes=shapes, normal=True)[0]  # floats standard normal
         info["latency"] = {k: (round(v, 4) if isinstance(v, float) else v)
                            for k, v in runner.latency(feeds).items()}
         times["device_timing"] = time.perf_counter() - t0
     info["checked_on"] = "device" if result.verified == "device" else "not checked"
     result.device = info
-
-
-def _timing_feeds(model: onnx.ModelProto, shapes: dict, seed: int) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    types = {i.name: i.type.tensor_type.elem_type for i in model.graph.input}
-    feeds = {}
-    for name, shape in shapes.items():
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(types.get(name, onnx.TensorProto.FLOAT))
-        if np.issubdtype(dtype, np.floating):
-            feeds[name] = rng.standard_normal(shape).astype(dtype)
-        else:
-            feeds[name] = np.zeros(shape, dtype)
-    return feeds
 
 
 def _check(reference: onnx.ModelProto, optimized: onnx.ModelProto, runner: TVMRunner,
