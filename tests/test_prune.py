@@ -445,6 +445,24 @@ def test_nothing_to_prune_is_unchanged():
     assert not report.records[0].changed
 
 
+def test_broken_rewrite_is_refused(monkeypatch):
+    """A valid input must give a valid output (runtime.check: onnx.checker and strict
+    shape inference): a rewrite that leaves a Gemm weight unsliced is one clear error."""
+    import graphopt.passes.prune as prune_module
+
+    real = prune_module.apply_masks
+
+    def forget_one_slice(graph, an, masks, namer, deltas):
+        sink = next(s for s in an.sinks if s.kind == "gemm" and not masks[s.tensor].all())
+        full = sink.weight.get()
+        real(graph, an, masks, namer, deltas)
+        sink.weight.set(full, namer)  # the consumer still expects every input channel
+
+    monkeypatch.setattr(prune_module, "apply_masks", forget_one_slice)
+    with pytest.raises(GraphoptError, match=r"pruned model is invalid: shape inference: .*Gemm"):
+        graphopt.optimize(pg.resnet_like(), "prune(ratio=0.5, round_to=1)", verify=False)
+
+
 # ---------------------------------------------------------------------------- zoo
 
 
