@@ -111,15 +111,33 @@ def test_bisect_finds_culprits_in_few_runs():
 
 
 def test_fp16_reports_measured_latency_ratio():
-    import onnx as _onnx
-
-    from graphopt import PassContext
-    from graphopt.ir import Model
-    from graphopt.pipeline import get_pass
-    from conftest import MODELS
-
-    m = _onnx.load(str(MODELS / "digits_cnn.onnx"))
+    m = onnx.load(str(MODELS / "digits_cnn.onnx"))
     res = get_pass("fp16")().run(Model.from_onnx(m), PassContext())
     assert isinstance(res.stats["latency_ratio"], float) and res.stats["latency_ratio"] > 0
     res = get_pass("fp16")(measure=False).run(Model.from_onnx(m), PassContext())
     assert "latency_ratio" not in res.stats
+
+
+def test_fp16_and_quant_share_lossy_never_each_other():
+    """What lossy passes share lives in passes/_lossy: fp16 and quant's modules do not
+    import one another (at module level or inside functions)."""
+    import ast
+    from pathlib import Path
+
+    import graphopt.passes as pkg
+
+    def imports(name):
+        tree = ast.parse((Path(pkg.__path__[0]) / f"{name}.py").read_text())
+        out = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                out.add((node.module or "").split(".")[-1])
+                out.update(a.name for a in node.names if node.level and not node.module)
+            elif isinstance(node, ast.Import):
+                out.update(a.name.split(".")[-1] for a in node.names)
+        return out
+
+    quant = {"quantize", "_qbuild", "_qregions", "_qunfuse"}
+    assert "_lossy" in imports("fp16") and not imports("fp16") & quant
+    for name in quant:
+        assert "fp16" not in imports(name), name
