@@ -204,7 +204,9 @@ def build_models(quick: bool, only: set[str] | None):
 def ours(pass_name, proto, calib, budget=None):
     model = Model.from_onnx(proto)
     t0 = time.perf_counter()
-    res = get_pass(pass_name)().run(model, PassContext(samples=calib, budget=budget or {}))
+    p, ctx = get_pass(pass_name)(), PassContext(samples=calib, budget=budget or {})
+    p.budget = p.budget_for(ctx)  # what the pass manager does before run() (the declared budget)
+    res = p.run(model, ctx)
     return model.to_onnx(), time.perf_counter() - t0, res.stats
 
 
@@ -370,6 +372,9 @@ def main() -> None:
                 note = f"mode={st.get('mode')}"
                 if st.get("reverted"):
                     note += "; kept FP32: " + st["reverted"]
+                    trials = st.get("cost_trials") or []
+                    if len(trials) > 1:  # the reverted line names the first set; say what the others measured
+                        note += " [other sets: " + "; ".join(t.split(" over ")[0] for t in trials[1:]) + "]"
                 if st.get("opset_upgraded"):
                     note += f"; opset {st['opset_upgraded']}"
                 if st.get("kept_float_for_accuracy"):
