@@ -121,13 +121,11 @@ class Quantize(Pass):
             # (a 4-layer BERT-base-width encoder: 2.43x vs 2.34x over FP32); per_channel=true
             # to trade that for a lower error
             per_channel = False
-        need = 13 if (per_channel or mode == "dynamic") else 10
-        if mode == "dynamic":
-            need = 11
+        need = 11 if mode == "dynamic" else 13 if per_channel else 10
         if opset < need:
-            up = self._upgrade(fp32, need if mode == "dynamic" else 13, samples[:4]) if self.upgrade_opset else None
+            up = self._upgrade(fp32, samples[:4]) if self.upgrade_opset else None
             if up is not None:
-                stats["opset_upgraded"] = f"{opset}->{max(need, 13)}"
+                stats["opset_upgraded"] = f"{opset}->13"
                 fp32 = up
             elif mode == "dynamic":
                 stats["skipped"] = f"opset {opset} < 11 and upgrade failed"
@@ -200,11 +198,13 @@ class Quantize(Pass):
             return work.to_onnx()
         return model.to_onnx()
 
-    def _upgrade(self, proto, version, samples):
+    def _upgrade(self, proto, samples):
+        """`proto` converted to opset 13 (per-channel Q/DQ, DynamicQuantizeLinear), or None
+        when the converter fails or the outputs change."""
         from onnx import version_converter
 
         try:
-            up = version_converter.convert_version(proto, max(version, 13))
+            up = version_converter.convert_version(proto, 13)
             onnx.checker.check_model(up)
             err = output_error(outputs(proto, samples), outputs(up, samples))
             if err > 1e-5:
