@@ -18,7 +18,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from graphopt import PassContext, runtime
-from graphopt.ir import outer_names_used, subgraphs_of
+from graphopt.ir import observed_names, replace_all_uses
 from graphopt.verify.contracts import rel_l2 as _contract_rel_l2
 
 from ._budget import excess
@@ -99,10 +99,7 @@ def bisect_block(names: list[str], err, budget: float, max_trials: int = 64) -> 
 def inline_constants(g: gs.Graph) -> int:
     """Turn Constant nodes holding a tensor into initializers (exact; exporters such as
     Paddle's emit all weights this way). Outputs read by subgraphs or graph outputs stay."""
-    protected = {t.name for t in g.outputs}
-    for node in g.nodes:
-        for sub in subgraphs_of(node):
-            protected |= outer_names_used(sub)
+    protected = observed_names(g)
     n = 0
     for node in list(g.nodes):
         if node.op != "Constant" or not isinstance(node.attrs.get("value"), gs.Constant):
@@ -110,11 +107,7 @@ def inline_constants(g: gs.Graph) -> int:
         out = node.outputs[0]
         if out.name in protected:
             continue
-        const = gs.Constant(out.name, node.attrs["value"].values)
-        for c in list(out.outputs):
-            for i, t in enumerate(c.inputs):
-                if t is out:
-                    c.inputs[i] = const
+        replace_all_uses(out, gs.Constant(out.name, node.attrs["value"].values), g)
         node.outputs = []
         n += 1
     g.cleanup(remove_unused_graph_inputs=False)
