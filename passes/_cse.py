@@ -128,7 +128,7 @@ def _attr_key(v):
 def merge_identical_nodes(graph: gs.Graph) -> int:
     sort_nodes(graph)
     seen: dict[tuple, gs.Node] = {}
-    merged = 0
+    merged: list[gs.Node] = []
     for node in graph.nodes:
         if node.op in RANDOM_OPS or subgraphs_of(node) or not node.outputs:
             continue
@@ -154,9 +154,16 @@ def merge_identical_nodes(graph: gs.Graph) -> int:
         for old, new in zip(node.outputs, prev.outputs):
             if old.name:
                 replace_all_uses(old, new, graph)
+        merged.append(node)
+    return drop_nodes(graph, merged)
+
+
+def drop_nodes(graph: gs.Graph, nodes: list[gs.Node]) -> int:
+    """Detach `nodes` (their outputs were rewired or made constants) and drop them from
+    `graph`; how many."""
+    for node in nodes:
         node.outputs.clear()
         node.inputs.clear()
-        merged += 1
-    if merged:
+    if nodes:
         graph.nodes = [n for n in graph.nodes if n.outputs]
-    return merged
+    return len(nodes)

@@ -28,7 +28,7 @@ from graphopt.ir import (const_value, is_tensor, iter_graphs, remove_dead_nodes,
                           sort_nodes, subgraphs_of, why_not_replace)
 from graphopt.runtime import session
 
-from ._cse import RANDOM_OPS, dedup_constants, merge_identical_nodes
+from ._cse import RANDOM_OPS, dedup_constants, drop_nodes, merge_identical_nodes
 
 log = logging.getLogger(__name__)
 
@@ -299,7 +299,7 @@ def _narrows_float(node: gs.Node, outs: list, values: dict) -> bool:
 
 
 def _fold_shapes(graph: gs.Graph) -> int:
-    n = 0
+    folded = []
     for node in list(graph.nodes):
         if node.op == "Shape" and (node.domain or "") in ("", "ai.onnx") and node.inputs:
             x = node.inputs[0]
@@ -310,12 +310,8 @@ def _fold_shapes(graph: gs.Graph) -> int:
             end = node.attrs.get("end", None)
             val = np.array(shape[start:end] if end is not None else shape[start:], dtype=np.int64)
             node.outputs[0].to_constant(val)
-            node.outputs.clear()
-            node.inputs.clear()
-            n += 1
-    if n:
-        graph.nodes = [nd for nd in graph.nodes if nd.outputs]
-    return n
+            folded.append(node)
+    return drop_nodes(graph, folded)
 
 
 def _evaluate(model: Model, nodes: list[gs.Node], graph: gs.Graph) -> dict[str, np.ndarray] | None:
