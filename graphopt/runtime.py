@@ -3,7 +3,8 @@
 Every pass, the verifier and the analyses make their sessions here, so that intra-op
 spinning is off everywhere (idle threads would otherwise steal the CPU from whatever
 runs beside them: a timing, a second session, a parallel trial), one inter-op thread is
-used, and a model onnxruntime rejects becomes one line naming the reason.
+used, and a model onnxruntime rejects becomes one line naming the reason. (The one
+exception: analysis.memory's measuring process, which must import onnxruntime alone.)
 
     session(model, threads=1, optimize=False)   an InferenceSession on the CPU provider
     options(threads, optimize, log_level)       the SessionOptions behind it
@@ -29,8 +30,6 @@ from ._proto import copy_fields
 from .errors import GraphoptError
 
 log = logging.getLogger(__name__)
-
-ModelLike = "onnx.ModelProto | bytes | str | os.PathLike"
 
 
 class RuntimeRejected(GraphoptError):
