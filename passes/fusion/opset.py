@@ -8,18 +8,21 @@ import logging
 
 from graphopt import Model, Option, Pass, PassContext, PassResult, register_pass
 
+from .activation import FuseGelu, FuseHardSwish
+from .transformer import FuseLayerNorm
+
 log = logging.getLogger(__name__)
 
 
 def _wanted_opset(model: Model, ctx: PassContext) -> int:
+    """The lowest opset the rules whose signature ops the model has may emit for ctx.target."""
     ops = {n.op for n in model.graph.nodes}
     want = 0
-    if "HardSigmoid" in ops:
-        want = max(want, 14)
-    if "ReduceMean" in ops and "Sqrt" in ops:
-        want = max(want, 17)
-    if "Erf" in ops and ctx.target != "ort":
-        want = max(want, 20)
+    for rule, signature in ((FuseHardSwish, {"HardSigmoid"}), (FuseLayerNorm, {"ReduceMean", "Sqrt"}),
+                            (FuseGelu, {"Erf"})):
+        span = rule.emits.get(ctx.target, rule.emits.get(None))
+        if span is not None and signature <= ops:
+            want = max(want, span[0])
     return want
 
 

@@ -69,15 +69,16 @@ class FuseOrtActivation(Rule):
         else:
             pre_act = []
         spec = _ort_activation(act)
-        if spec is None:
-            return None
-        dt = const_value(node.inputs[1]) if len(node.inputs) > 1 else None
+        return None if spec is None else (act, pre_act, z, spec)
+
+    def check(self, scope, node, m):
+        y, dt = node.outputs[0], const_value(node.inputs[1]) if len(node.inputs) > 1 else None
         if (y.dtype is not None and np.dtype(y.dtype) != np.float32) or (dt is not None and dt.dtype != np.float32) \
                 or (dt is None and scope.types.get(node.inputs[1].name) != 1):  # TensorProto.FLOAT
             return "not float32 (the contrib kernels are float32 only)"
-        if node.op == "Gemm" and spec[0] == "Clip":
+        if node.op == "Gemm" and m[3][0] == "Clip":
             return "FusedGemm has no Clip bounds attributes we trust across versions"
-        return act, pre_act, z, spec
+        return None
 
     def rewrite(self, scope, node, m):
         act, pre_act, z, (name, params) = m
