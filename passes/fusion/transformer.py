@@ -130,10 +130,8 @@ class FuseBiasGelu(Rule):
     needs_shapes = True
 
     def match(self, scope, add):
-        if len(add.inputs) != 2:
-            return None
         gelu = scope.sole_consumer(add.outputs[0])
-        if gelu is None or gelu.op != "Gelu" or gelu.domain not in ("", "ai.onnx", None, MS):
+        if gelu is None or gelu.op != "Gelu" or gelu.domain not in ("", "ai.onnx", None, MS) or len(add.inputs) != 2:
             return None
         if gelu.attrs.get("approximate", "none") != "none":
             return "tanh-approximate Gelu"
