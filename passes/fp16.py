@@ -188,12 +188,11 @@ class _Converter:
                 else:
                     if not isinstance(t, gs.Constant) and t.name in produced16:
                         n.inputs[i] = cast(t, onnx.TensorProto.FLOAT)
-        # subgraphs reading fp16 tensors by name: they were built for fp32, leave them
-        # reading an fp32 copy. Simplest correct form: blocked nodes with subgraphs read
-        # outer names; rename fp16 producers' outputs instead.
+        # converted nodes' float outputs become float16 (subgraphs, kept float32, read a
+        # float32 cast of them: _fix_subgraph_reads)
         for n in nodes:
             if n.name in half:
-                for j, o in enumerate(n.outputs):
+                for o in n.outputs:
                     if o.name in produced16:
                         o.dtype = np.float16
         # graph outputs keep float32
@@ -222,10 +221,9 @@ def _fix_subgraph_reads(g, produced16, cast):
                 for node in sg.nodes:
                     for i, t in enumerate(node.inputs):
                         if t.name in produced16 and not isinstance(t, gs.Constant):
-                            outer = next((x for x in g.tensors().values() if x.name == t.name), None)
+                            outer = g.tensors().get(t.name)
                             if outer is not None:
-                                c = cast(outer, onnx.TensorProto.FLOAT)
-                                node.inputs[i] = gs.Variable(c.name, dtype=np.float32)
+                                node.inputs[i] = cast(outer, onnx.TensorProto.FLOAT)
 
 
 def _float_node(n) -> bool:

@@ -141,3 +141,36 @@ def test_fp16_and_quant_share_lossy_never_each_other():
     assert "_lossy" in imports("fp16") and not imports("fp16") & quant
     for name in quant:
         assert "fp16" not in imports(name), name
+
+
+def test_subgraph_reading_a_converted_tensor_reads_a_float32_cast():
+    """An If branch (kept float32) reading an outer tensor that a converted node makes reads a
+    float32 Cast of it. (The Cast used to be cleaned away, the model failed onnx.checker and
+    fp16 left it unchanged.)"""
+    rng = np.random.default_rng(0)
+
+    def branch(name, op):
+        return helper.make_graph([helper.make_node(op, ["h"], [name + "_y"])], name, [],
+                                 [helper.make_tensor_value_info(name + "_y", TensorProto.FLOAT, [2, 4])])
+
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="mm"),
+             helper.make_node("ReduceSum", ["x"], ["s"], name="sum", keepdims=0),
+             helper.make_node("Greater", ["s", "zero"], ["c"], name="gt"),
+             helper.make_node("If", ["c"], ["y"], name="if", then_branch=branch("then", "Relu"),
+                              else_branch=branch("else", "Sigmoid")),
+             helper.make_node("Add", ["y", "h"], ["out"], name="add")]
+    inits = [onnx.numpy_helper.from_array(rng.normal(0, 0.5, (4, 4)).astype(np.float32), "w"),
+             onnx.numpy_helper.from_array(np.array(0, np.float32), "zero")]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+                          [helper.make_tensor_value_info("out", TensorProto.FLOAT, [2, 4])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    q, res = _fp16(m, measure=False)
+    assert res.changed and check(q) is None, res.stats
+    casts = {n.output[0] for n in q.graph.node if n.op_type == "Cast" and n.attribute[0].i == TensorProto.FLOAT}
+    if_node = next(n for n in q.graph.node if n.op_type == "If")
+    reads = [i for a in if_node.attribute for n in a.g.node for i in n.input]
+    assert reads and all(r in casts for r in reads)
+    x = rng.normal(0, 1, (2, 4)).astype(np.float32)
+    for feed in (np.abs(x), -np.abs(x)):  # both branches
+        a, b = session(m).run(None, {"x": feed})[0], session(q).run(None, {"x": feed})[0]
+        assert rel_l2(a, b) < 1e-2
