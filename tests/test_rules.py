@@ -4,6 +4,8 @@ shipped tiny transformer."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 import pytest
@@ -181,3 +183,7 @@ def test_cli_prints_refusals(tmp_path, capsys):
     assert main([str(src), "-p", "fuse-attention", "--target", "ort", "-o", str(tmp_path / "o.onnx")]) == 0
     assert "fuse-attention: 0 fused, 1 candidates refused: scores not scaled by 1/sqrt(head size) (1)" \
         in capsys.readouterr().out
+    assert main([str(src), "-p", "fuse-attention", "--target", "ort", "-o", str(tmp_path / "o.onnx"), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["passes"][0]["stats"] == {"fused": 0, "refused": 1,
+                                          "reasons": {"scores not scaled by 1/sqrt(head size)": 1}}
