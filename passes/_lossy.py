@@ -6,7 +6,7 @@ error measure and the search for the nodes to keep in float.
     rel_l2 / output_error            the verifier's relative L2 error, worst over outputs
     trial(budget, ref, evals, build) err(skip): a candidate's use of the budget (inf if it fails)
     bisect_block(names, err, ...)    the nodes to keep in float so the budget holds
-    inline_constants(g)              Constant nodes -> initializers, before planning
+    planning_graph(proto)            the graph a pass plans on: shapes, constants, node names
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from graphopt import PassContext, runtime
-from graphopt.ir import observed_names, replace_all_uses
+from graphopt.ir import fresh_namer, observed_names, replace_all_uses
 from graphopt.verify.contracts import rel_l2 as _contract_rel_l2
 
 from ._budget import excess
@@ -94,6 +94,20 @@ def bisect_block(names: list[str], err, budget: float, max_trials: int = 64) -> 
     if err(blocked) > budget:  # the errors of the accepted groups add up: block all
         blocked = allset
     return blocked
+
+
+def planning_graph(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, gs.Graph]:
+    """(`proto` after onnx shape inference, its gs graph with Constant nodes inlined and
+    every node named): what quant and fp16 plan on; the names identify nodes across the
+    models they rebuild."""
+    inferred = onnx.shape_inference.infer_shapes(proto)
+    g = gs.import_onnx(inferred)
+    inline_constants(g)
+    namer = fresh_namer(g, "node")
+    for n in g.nodes:
+        if not n.name:
+            n.name = namer(n.op)
+    return inferred, g
 
 
 def inline_constants(g: gs.Graph) -> int:

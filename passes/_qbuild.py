@@ -19,7 +19,7 @@ import onnx_graphsurgeon as gs
 from graphopt.ir import export_graph, fresh_namer, outer_names_used, subgraphs_of
 
 from . import _calibrate
-from ._lossy import inline_constants
+from ._lossy import planning_graph
 from ._qhardswish import integer_hardswish
 
 WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Gather")
@@ -33,22 +33,17 @@ class Builder:
     """Plans once, then builds quantized models for any set of nodes kept in float."""
 
     def __init__(self, proto, mode, op_types, exclude, cfg):
-        self.proto = onnx.shape_inference.infer_shapes(proto)
         self.mode = mode
         self.cfg = cfg
         self.ranges: dict[str, tuple[float, float]] = {}
-        g = gs.import_onnx(self.proto)
-        inline_constants(g)
+        _, g = planning_graph(proto)
         self.candidates: dict[str, gs.Node] = {}
-        names = fresh_namer(g, "node")
         used_by_sub = set()
         for node in g.nodes:
             for sub in subgraphs_of(node):
                 used_by_sub |= outer_names_used(sub)
         self.used_by_sub = used_by_sub
         for node in g.nodes:
-            if not node.name:
-                node.name = names(node.op)
             if node.name in exclude or node.op in exclude or node.op not in op_types:
                 continue
             if node.domain not in (None, "", "ai.onnx"):

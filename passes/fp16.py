@@ -33,7 +33,7 @@ from graphopt.pipeline import budget_options
 
 from . import _lossy
 from ._budget import describe, layer_errors
-from ._lossy import inline_constants
+from ._lossy import planning_graph
 
 log = logging.getLogger(__name__)
 
@@ -126,14 +126,8 @@ class Float16(Pass):
 
 class _Converter:
     def __init__(self, proto: onnx.ModelProto, block: set[str], block_nodes: set[str]):
-        self.proto = onnx.shape_inference.infer_shapes(proto)
-        g = gs.import_onnx(self.proto)
-        inline_constants(g)
-        namer = fresh_namer(g, "node")
-        for n in g.nodes:
-            if not n.name:
-                n.name = namer(n.op)
-        self.proto = export_graph(g, self.proto)
+        inferred, g = planning_graph(proto)
+        self.proto = export_graph(g, inferred)
         self.eligible: list[str] = []
         self.kept = 0
         for n in g.nodes:
