@@ -2,16 +2,17 @@
 
 In a static QDQ model a float HardSwish between two quantized convolutions costs
 DequantizeLinear -> HardSwish -> QuantizeLinear, and onnxruntime has no HardSwish kernel:
-it inlines the function as HardSigmoid and Mul, so four passes over the tensor
-(MobileNetV3-small: 19 of them, a fifth of the INT8 model's time, and the reason its
-INT8 form was slower than FP32, where NCHWc convolutions fuse HardSwish for free).
+it inlines the function as HardSigmoid and Mul, so four passes over the tensor. FP32
+pays nothing for it (onnxruntime's NCHWc convolutions fuse HardSwish), so on
+MobileNetV3-small (19 HardSwish) this is what kept INT8 from paying.
 
 HardSigmoid(x) = clip(x/6 + 1/2, 0, 1) is exact on the integer tensor when x's scale s
 divides 3: with x = s (q - z) and k = 3 / s an integer,
     HardSigmoid(x) = (s/6) * (clip(q, z - k, z + k) - (z - k)),
 so h = Clip(q) is HardSigmoid(x) quantized with scale s/6 and zero point z - k, and
 HardSwish(x) = x * h is DQ(q) * DQ(h) -> Q, which onnxruntime runs as one QLinearMul.
-Two passes (an integer Clip and a QLinearMul) instead of four, no new rounding.
+Two passes (an integer Clip and a QLinearMul) instead of four, no new rounding: on
+225,792 uint8 elements, one thread, 49 us instead of 88 us (AMD EPYC, onnxruntime 1.32).
 
 To make k an integer, x's scale grows from s to 3 / floor(3 / s), and its range is widened
 to reach -3 if it did not (the zero point z - k must be a valid integer). Both coarsen
