@@ -144,3 +144,32 @@ def test_float_entry_set_is_stem_and_float_fed_depthwise():
     assert labels[:2] == ["all candidates", "convolutions on float inputs float (input and float-fed depthwise)"]
     # excluding the stem for accuracy: block 1's depthwise conv is still fed by float ops
     assert sorted(_qregions._float_fed_convs(b, {"/features.0.0/Conv"})) == ["/features.1.dw.0/Conv"]
+
+
+def test_promising_inconclusive_set_is_measured_once_more_longer(monkeypatch):
+    """A set whose median clears min_speedup but whose interval does not is timed once
+    more, longer, and judged on that measurement alone; an inconclusive set with a median
+    below min_speedup is not timed again. (Timings faked: nothing is timed here.)"""
+    from graphopt.passes import _timing
+
+    m, feeds = _conv_hswish_conv()
+    calls = []
+
+    def fake(ref, new, feed, **kw):
+        calls.append(kw)
+        if kw.get("max_rounds", 121) > 121:  # the longer measurement decides
+            return _timing.Speedup(1.3, 1.2, 1.4, 363, 1.0, 0.77)
+        return _timing.Speedup(1.3, 0.9, 1.7, 121, 1.0, 0.77)
+
+    monkeypatch.setattr(_timing, "paired_speedup", fake)
+    q, res = _quant(m, feeds[:8], accuracy=False, cost_cache=False)
+    assert res.changed and res.stats["cost_choice"] == "all candidates"
+    assert "measured again" in res.stats["cost_remeasured"]
+    assert calls[0].get("max_rounds", 121) == 121 and calls[1]["max_rounds"] > 121
+
+    calls.clear()
+    monkeypatch.setattr(_timing, "paired_speedup",
+                        lambda ref, new, feed, **kw: calls.append(kw) or _timing.Speedup(1.0, 0.8, 1.2, 121, 1.0, 1.0))
+    q, res = _quant(m, feeds[:8], accuracy=False, cost_cache=False)
+    assert not res.changed and all(kw.get("max_rounds", 121) == 121 for kw in calls)
+    assert "cost_remeasured" not in res.stats
