@@ -177,19 +177,12 @@ def latency(name: str, model: onnx.ModelProto, given: dict, *, trials_per_task: 
 
 
 def _count_tasks(mod, host) -> int:
-    import tvm
-    from tvm import relax
-    from tvm.s_tir import meta_schedule as ms
+    """How many tasks `graphopt compile --tune-trials` tunes (those holding 90% of the FLOPs)."""
+    from graphopt import tuning
 
-    prep = tvm.transform.Sequential([
-        relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(),
-        relax.transform.FoldConstant(), relax.transform.FuseOps(), relax.transform.FuseTIR()])
-    t = host.tvm_target()
     with codegen.quiet_tvm():
-        with t:
-            fused = prep(mod)
-        tasks = ms.relax_integration.extract_tasks(fused, t)
-    return len(codegen._heaviest(tasks, codegen.DEFAULT_TUNE_SHARE)[0])
+        tasks = tuning.extract_tasks(mod, host.tvm_target(), tuning.PREPACK)
+    return len(tuning.heaviest(tasks, codegen.DEFAULT_TUNE_SHARE)[0])
 
 
 def main() -> None:

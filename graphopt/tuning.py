@@ -9,21 +9,28 @@ over RPC (`graphopt.device.rpc_runner`) only for that device — each folder hol
 A task whose every trial failed (run time 1e10: timeouts on a loaded machine, a device
 that went away) has no result: graphopt says so (a warning with the runner's reason, in
 the result's notes), keeps TVM's default schedule for it, and a later build tunes it again.
+
+Progress: the measured trials are counted on graphopt.progress ("tuning (trials
+measured)", out of the budget), which the CLI shows as a bar.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
 import logging
 import os
 import re
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
+from . import progress as _progress
 from .errors import GraphoptError
 
 log = logging.getLogger(__name__)
@@ -33,6 +40,8 @@ DEFAULT_TUNE_SHARE = 0.9
 # popen worker alone can take longer, and then every trial "fails".
 LOCAL_RUNNER_TIMEOUT = 300
 BUILDER_TIMEOUT = 300
+# Mark the weights layout-free while tuning (see _fusion); off until measured to help here
+PREPACK = False
 
 
 @dataclass
@@ -75,13 +84,11 @@ def cache_folder(root, ttarget, remote=None) -> tuple[Path, dict]:
 
 
 def tuned_build(mod, ttarget, trials: int, cache, share: float, progress, *, remote=None,
-                cross_gcc: str | None = None):
+                cross_gcc: str | None = None, prepack: bool | None = None):
     """(executable, TuneInfo): see the module docstring."""
-    import tvm
-    from tvm import relax
-
     from .codegen import quiet_tvm
 
+    prepack = PREPACK if prepack is None else prepack
     try:
         from tvm.s_tir import meta_schedule as ms
     except ImportError as e:
@@ -94,14 +101,8 @@ def tuned_build(mod, ttarget, trials: int, cache, share: float, progress, *, rem
     info = TuneInfo(trials=trials, cache=str(folder),
                     measured_on=remote.where if remote is not None else "this machine")
     t0 = time.perf_counter()
-    prep = tvm.transform.Sequential([
-        relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(),
-        relax.transform.FoldConstant(), relax.transform.FuseOps(), relax.transform.FuseTIR(),
-    ])
     with quiet_tvm():
-        with ttarget:
-            fused = prep(mod)
-        tasks = ms.relax_integration.extract_tasks(fused, ttarget)
+        tasks = extract_tasks(mod, ttarget, prepack)
         selected, info.flops_share = heaviest(tasks, share)
         database = ms.database.JSONDatabase(work_dir=str(folder))
         todo = [t for t in selected if not has_result(database, t.dispatched[0])]
@@ -114,19 +115,23 @@ def tuned_build(mod, ttarget, trials: int, cache, share: float, progress, *, rem
         if progress:
             progress(f"tuning {len(todo)} tasks with MetaSchedule ({trials} trials"
                      f"{', measured on ' + remote.where if remote is not None else ''})")
-        errors = FailureLog()
         _name_handlers(logging.getLogger("tvm.s_tir.meta_schedule"))
-        with quiet_tvm():
-            contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-                todo, work_dir=str(folder), seed=0)
-            if contexts:
-                ms.tune.tune_tasks(tasks=contexts, task_weights=weights, work_dir=str(folder),
-                                   max_trials_global=trials,
-                                   num_trials_per_iter=max(4, min(64, trials // len(contexts))),
-                                   builder=_builder(ms, cross_gcc), runner=_runner(ms, remote),
-                                   database=database,
-                                   measure_callbacks=ms.measure_callback.MeasureCallback.create("default")
-                                   + [errors.callback(ms)])
+        terminal = os.dup(2)   # quiet_tvm points fd 2 at a capture file; the bar shows here
+        try:
+            with quiet_tvm(), _progress.task("tuning (trials measured)", trials) as counted:
+                errors = FailureLog(counted, terminal)
+                contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+                    todo, work_dir=str(folder), seed=0)
+                if contexts:
+                    ms.tune.tune_tasks(
+                        tasks=contexts, task_weights=weights, work_dir=str(folder),
+                        max_trials_global=trials,
+                        num_trials_per_iter=max(4, min(64, trials // len(contexts))),
+                        builder=_builder(ms, cross_gcc), runner=_runner(ms, remote), database=database,
+                        measure_callbacks=ms.measure_callback.MeasureCallback.create("default")
+                        + [errors.callback(ms)])
+        finally:
+            os.close(terminal)
         for t in todo:
             if not has_result(database, t.dispatched[0]):
                 info.tasks_failed += 1
@@ -140,8 +145,52 @@ def tuned_build(mod, ttarget, trials: int, cache, share: float, progress, *, rem
     if progress:
         progress("building with the tuned schedules")
     with quiet_tvm():
-        ex = ms.relax_integration.compile_relax(database, mod, ttarget, None)
+        ex = _compile_tuned(database, mod, ttarget, prepack)
     return ex, info
+
+
+def extract_tasks(mod, ttarget, prepack: bool) -> list:
+    """MetaSchedule's tuning tasks of a Relax module: its fused TIR functions."""
+    import tvm
+    from tvm import relax
+    from tvm.s_tir import meta_schedule as ms
+
+    with ttarget:
+        fused = tvm.transform.Sequential(_fusion(relax, prepack))(mod)
+    return ms.relax_integration.extract_tasks(fused, ttarget)
+
+
+def _fusion(relax, prepack: bool) -> list:
+    """The passes that make the tuning tasks (the fused TIR functions), the same before
+    tuning and before applying the records so that the records' keys match. With
+    `prepack` the weights (Relax constants) are marked layout-free: MetaSchedule's
+    RewriteLayout postprocessor may then store them in the order its tiled loops read them
+    (blocked, like onnxruntime's packed weights), and the rewrite of the constant weights
+    is done once, at build time (SplitLayoutRewritePreproc + FoldConstant)."""
+    passes = [relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(),
+              relax.transform.FoldConstant(), relax.transform.FuseOps(), relax.transform.FuseTIR()]
+    return passes + [relax.transform.AttachAttrLayoutFreeBuffers()] if prepack else passes
+
+
+def _compile_tuned(database, mod, ttarget, prepack: bool):
+    """The Relax VM executable of `mod` with the database's schedules (MetaSchedule's
+    compile_relax, plus the build-time weight rewrite of `prepack`); tasks without a record
+    keep TVM's default (unscheduled) code."""
+    import tvm
+    from tvm import relax
+    from tvm.relax import pipeline as rp
+
+    @tvm.transform.module_pass(opt_level=3)
+    def pipeline(m, _ctx):
+        m = tvm.transform.Sequential(rp.library_dispatch_passes(ttarget) + _fusion(relax, prepack))(m)
+        m = relax.transform.MetaScheduleApplyDatabase()(m)
+        if prepack:
+            m = tvm.transform.Sequential([relax.transform.SplitLayoutRewritePreproc(),
+                                          relax.transform.FoldConstant()])(m)
+        return tvm.transform.Sequential(rp.dataflow_lower_passes(ttarget) + rp.finalize_passes(ttarget))(m)
+
+    with ttarget, database, tvm.transform.PassContext(opt_level=3):
+        return relax.build(mod, target=ttarget, relax_pipeline=pipeline)
 
 
 def _name_handlers(logger: logging.Logger) -> None:
@@ -155,12 +204,27 @@ def _name_handlers(logger: logging.Logger) -> None:
 
 
 class FailureLog:
-    """The first error message of each task's failed trials (builder or runner)."""
+    """What MetaSchedule measured: the first error message of each task's failed trials
+    (builder or runner), and the count of measured candidates on `counted`
+    (graphopt.progress), shown with fd 2 pointed back at `terminal` for the moment so the
+    CLI's bar reaches the screen through quiet_tvm."""
 
-    def __init__(self) -> None:
+    def __init__(self, counted: "_progress.Task | None" = None, terminal: int | None = None) -> None:
         self.reasons: dict[str, str] = {}
+        self.counted, self.terminal = counted, terminal
+
+    def record(self, task: str, builder_results, runner_results) -> None:
+        """One measured batch of `task`'s candidates."""
+        for b, r in zip(builder_results, runner_results):
+            msg = b.error_msg or r.error_msg
+            if msg and task not in self.reasons:
+                self.reasons[task] = _reason(str(msg))
+        if self.counted is not None:
+            with _stderr_on(self.terminal):
+                self.counted.advance(len(builder_results))
 
     def callback(self, ms):
+        """A MetaSchedule measure callback that records each batch here."""
         from tvm.ir.utils import derived_object
 
         log_ = self
@@ -173,12 +237,26 @@ class FailureLog:
                     name = str(task_scheduler.tasks_[task_id].ctx.task_name)
                 except Exception:  # noqa: BLE001
                     name = str(task_id)
-                for b, r in zip(builder_results, runner_results):
-                    msg = b.error_msg or r.error_msg
-                    if msg and name not in log_.reasons:
-                        log_.reasons[name] = _reason(str(msg))
+                log_.record(name, builder_results, runner_results)
 
         return _Collect()
+
+
+@contextlib.contextmanager
+def _stderr_on(fd: int | None) -> Iterator[None]:
+    """fd 2 pointed at `fd` inside the block (None: left alone), restored after."""
+    if fd is None or not _progress.active():
+        yield
+        return
+    sys.stderr.flush()
+    captured = os.dup(2)
+    os.dup2(fd, 2)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(captured, 2)
+        os.close(captured)
 
 
 def _reason(msg: str) -> str:
