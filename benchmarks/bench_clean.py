@@ -1,6 +1,6 @@
 """Benchmark of `-p clean` as a whole job (load, passes, checks, save) on BERT-base.
 
-    /tmp/venv/bin/python benchmarks/bench_clean.py [--runs 7] [--quick]
+    python benchmarks/bench_clean.py [--runs 7] [--quick]
 
 The model is graphopt.testing.archs.bert() (BERT-base: 1,265 nodes, ~418 MB of float32
 weights, Constant nodes as a TorchScript export leaves them). It is generated once and

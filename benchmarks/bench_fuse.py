@@ -1,6 +1,6 @@
 """Benchmark of the `fuse` group against onnx-simplifier, onnxslim and onnxruntime's offline optimizer.
 
-    /tmp/venv/bin/python benchmarks/bench_fuse.py [--quick] [--runs 15] [--models resnet50,mobilenet_v2,bert,zoo]
+    python benchmarks/bench_fuse.py [--quick] [--runs 15] [--models resnet50,mobilenet_v2,bert,zoo]
 
 Models: graphopt.testing.archs resnet50() / mobilenet_v2() (full size, 224x224, BN not
 folded, random weights), bert() (BERT-base, batch 1, seq 128) and the onnx light zoo

@@ -1,6 +1,6 @@
 """Benchmark of pass `prune` against Torch-Pruning: MACs, parameters, onnxruntime latency.
 
-    /tmp/venv/bin/python benchmarks/bench_prune.py [--runs 40] [--models resnet50,mobilenet_v2]
+    python benchmarks/bench_prune.py [--runs 40] [--models resnet50,mobilenet_v2]
 
 Full-size ResNet-50 and MobileNetV2 with random weights (latency and MACs do not depend
 on the values). When torch and torch-pruning are installed (`pip install torch==2.13.0

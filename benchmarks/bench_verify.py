@@ -1,6 +1,6 @@
 """What verification costs: a pipeline's time with and without the verification instrument.
 
-    /tmp/venv/bin/python benchmarks/bench_verify.py [--runs 5] [--pipeline clean,fuse] [--no-cli] [--peers]
+    python benchmarks/bench_verify.py [--runs 5] [--pipeline clean,fuse] [--no-cli] [--peers]
 
 Model: full-size ResNet-50 as a framework exports it before any optimization
 (graphopt.testing.archs.resnet50(): batch 1, 224x224, random weights, every
@@ -194,7 +194,7 @@ def main() -> int:
         f"(archs.resnet50(image={args.image}), batch 1, BatchNorm not folded); pipeline `{spec}`; "
         f"{n} examples per check (default); median of {args.runs} interleaved runs after a warm-up.",
         "",
-        "Reproduce: `/tmp/venv/bin/python benchmarks/bench_verify.py --runs "
+        "Reproduce: `python benchmarks/bench_verify.py --runs "
         f"{args.runs}{' --no-cli' if args.no_cli else ''}{' --peers' if args.peers else ''}`",
         "",
         "## In-process: `graphopt.optimize(model, \"%s\")`" % spec,
