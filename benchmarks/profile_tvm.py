@@ -1,14 +1,17 @@
 """Where TVM's time goes on the host, kernel by kernel, beside onnxruntime's kernels (issue 18).
 
     python benchmarks/profile_tvm.py [--models digits_cnn,ppocr_cls,ppocr_rec]
-        [--tune-cache DIR --tune-trials N] [--runs 20] [--top 8] [--out results/compile.md]
+        [--tune-cache DIR --tune-trials N --tuned digits_cnn [--prepack]] [--runs 20] [--top 8]
+        [--out results/compile.md]
 
 For each model (the bench_compile models, the same shapes): the graphopt front end, then
 
-- TVM untuned (`graphopt compile`'s default build) and, with --tune-cache, the tuned build
-  from that cache (graphopt.tuning; tasks missing from the cache are tuned with
-  --tune-trials, 0 keeps them untuned): each fused TIR function's time per run, through the
-  Relax VM's instrument hook (graphopt.tvm_profile), with its estimated GFLOP and GFLOP/s;
+- TVM untuned (`graphopt compile`'s default build) and, for the models in --tuned, the
+  tuned build from --tune-cache (graphopt.tuning, every task; tasks missing from the cache
+  are tuned now with --tune-trials; --prepack: weights marked layout-free, see
+  graphopt.tuning._fusion): each fused TIR function's time per run, through the Relax VM's
+  instrument hook (graphopt.tvm_profile), with its estimated GFLOP and GFLOP/s;
+  onnxruntime's Conv kernels are credited with the FLOPs of TVM's conv2d functions;
 - onnxruntime (all optimizations, 2 threads, spinning off): its profiler's kernel time per
   operator type.
 
@@ -75,7 +78,7 @@ def rows_for(label: str, total: float, kernels, flops: dict, top: int) -> list[l
     return rows
 
 
-def profile_model(name, model, given, *, cache, trials, runs, top) -> tuple[list[list], list[str]]:
+def profile_model(name, model, given, *, cache, trials, runs, top, tuned) -> tuple[list[list], list[str]]:
     shapes = codegen.static_input_shapes(model, given)
     rng = np.random.default_rng(0)
     feeds = {k: rng.standard_normal(v).astype(np.float32) for k, v in shapes.items()}
@@ -86,10 +89,10 @@ def profile_model(name, model, given, *, cache, trials, runs, top) -> tuple[list
     args = [feeds[k] for k in shapes]
     builds = {"TVM untuned": (codegen.build(mod, host)[0], kernel_flops(mod, ttarget, fused=False))}
     notes = []
-    if cache:
+    if tuned:
         ex, info = codegen.build(mod, host, tune_trials=trials, tune_cache=cache, tune_share=1.0)
         builds["TVM tuned"] = (ex, kernel_flops(mod, ttarget, fused=True))
-        notes.append(f"{name}: tuned build from {info.cache}: {info.tasks} tasks, "
+        notes.append(f"{name}: tuned build: {info.tasks} tasks, "
                      f"{info.tasks_selected - info.tasks_tuned} from the cache, {info.tasks_tuned} tuned "
                      f"now ({trials} trials), {info.tasks_failed} failed")
     shape = "x".join(map(str, next(iter(shapes.values()))))
@@ -100,7 +103,16 @@ def profile_model(name, model, given, *, cache, trials, runs, top) -> tuple[list
         kernels = [k for k in kernels if not k.name.startswith("vm.builtin")] + \
                   [k for k in kernels if k.name.startswith("vm.builtin")]
         rows += rows_for(f"{name} {shape} {label}", total, kernels, flops, top)
-    rows += rows_for(f"{name} {shape} onnxruntime", ort_total, ort_ops, {}, top)
+        if label == "TVM untuned":
+            untuned_kernels = kernels
+    # onnxruntime's convolutions do the FLOPs of TVM's conv2d functions (per call: the mean)
+    untuned_flops = builds["TVM untuned"][1]
+    conv_flops = sum(untuned_flops.get(k.name, 0.0) * k.calls for k in untuned_kernels
+                     if k.name.startswith("conv2d"))
+    ort_flops = {k.name: conv_flops / k.calls for k in ort_ops if k.name in ("Conv", "FusedConv") and k.calls}
+    if len(ort_flops) != 1:
+        ort_flops = {}   # Conv and FusedConv both ran: the split of the FLOPs is unknown
+    rows += rows_for(f"{name} {shape} onnxruntime", ort_total, ort_ops, ort_flops, top)
     return rows, notes
 
 
@@ -109,24 +121,31 @@ def main() -> None:
     ap.add_argument("--models", default="digits_cnn,ppocr_cls,ppocr_rec")
     ap.add_argument("--tune-cache", default=None)
     ap.add_argument("--tune-trials", type=int, default=0)
+    ap.add_argument("--tuned", default="", help="models also profiled tuned (from --tune-cache)")
+    ap.add_argument("--prepack", action="store_true", help="tune with the weights marked layout-free")
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--top", type=int, default=8)
     ap.add_argument("--out", default=str(HERE / "results" / "compile.md"))
     args = ap.parse_args()
+    if args.prepack:
+        from graphopt import tuning
+
+        tuning.PREPACK = True
     zoo = model_zoo()
     rows, notes = [], []
     for name in [n for n in args.models.split(",") if n]:
         print(f"profile {name}", flush=True)
         model, given = zoo[name]
         r, n = profile_model(name, model, given, cache=args.tune_cache, trials=args.tune_trials,
-                             runs=args.runs, top=args.top)
+                             runs=args.runs, top=args.top, tuned=name in args.tuned.split(","))
         rows += r
         notes += n
     load = os.getloadavg()
     table = markdown_table(["build", "kernel (TIR function / ORT op type)", "calls", "ms per run",
-                            "share", "GFLOP", "GFLOP/s"], rows)
+                            "share", "GFLOP per call", "GFLOP/s"], rows)
     cmd = (f"python benchmarks/profile_tvm.py --models {args.models} --runs {args.runs} --top {args.top}"
-           + (f" --tune-cache {args.tune_cache} --tune-trials {args.tune_trials}" if args.tune_cache else ""))
+           + (f" --tune-cache DIR --tune-trials {args.tune_trials} --tuned {args.tuned}"
+              + (" --prepack" if args.prepack else "") if args.tuned else ""))
     lines = [HEADING, "", f"`{cmd}`; CPU: {cpu_name()} ({os.cpu_count()} cores), TVM_NUM_THREADS=2, "
              f"onnxruntime 2 threads; load average {load[0]:.1f} at the end (the machine was shared "
              "with other jobs: absolute times are noisy, shares within one build are the signal).",

@@ -178,16 +178,16 @@ def _compile_tuned(database, mod, ttarget, prepack: bool):
     keep TVM's default (unscheduled) code."""
     import tvm
     from tvm import relax
-    from tvm.relax import pipeline as rp
+    from tvm.relax.backend.cpu_generic import pipeline as cpu  # graphopt's targets are all llvm
 
     @tvm.transform.module_pass(opt_level=3)
     def pipeline(m, _ctx):
-        m = tvm.transform.Sequential(rp.library_dispatch_passes(ttarget) + _fusion(relax, prepack))(m)
+        m = tvm.transform.Sequential(cpu.library_dispatch_passes(ttarget) + _fusion(relax, prepack))(m)
         m = relax.transform.MetaScheduleApplyDatabase()(m)
         if prepack:
             m = tvm.transform.Sequential([relax.transform.SplitLayoutRewritePreproc(),
                                           relax.transform.FoldConstant()])(m)
-        return tvm.transform.Sequential(rp.dataflow_lower_passes(ttarget) + rp.finalize_passes(ttarget))(m)
+        return tvm.transform.Sequential(cpu.dataflow_lower_passes(ttarget) + cpu.finalize_passes(ttarget))(m)
 
     with ttarget, database, tvm.transform.PassContext(opt_level=3):
         return relax.build(mod, target=ttarget, relax_pipeline=pipeline)
