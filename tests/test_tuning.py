@@ -16,27 +16,12 @@ from pathlib import Path
 import pytest
 
 from graphopt import progress
+from test_progress import Recorder  # the sink that records what the library reports
 
 pytest.importorskip("tvm", reason="pip install 'graphopt[tvm]'")
 
 REPO = Path(__file__).resolve().parent.parent
 DIGITS = REPO / "models" / "digits_cnn.onnx"
-
-
-class Recorder:
-    def __init__(self):
-        self.started, self.advanced, self.finished = [], {}, []
-
-    def start(self, label, total):
-        self.started.append((label, total))
-        self.advanced[len(self.started) - 1] = 0
-        return len(self.started) - 1
-
-    def advance(self, key, n=1):
-        self.advanced[key] += n
-
-    def finish(self, key):
-        self.finished.append(key)
 
 
 class _Result:
