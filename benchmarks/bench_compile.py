@@ -2,7 +2,7 @@
 
     /tmp/venv/bin/python benchmarks/bench_compile.py [--trials-per-task 8] [--runs 30]
         [--latency digits_cnn,ppocr_cls,mobilenet_v2] [--tune digits_cnn,ppocr_cls]
-        [--no-tune] [--skip-share] [--cache DIR]
+        [--no-tune] [--skip-share] [--cache DIR] [--tune-share F] [--prepack]
 
 Part 1, import share: for each model (rapidocr's PP-OCRv4 det/rec and PP-OCR mobile v2.0
 cls when `rapidocr-onnxruntime` is installed, the graphopt.testing.archs builders, the
@@ -20,7 +20,8 @@ Part 2, latency on this machine (batch 1; digits_cnn batch 32), all timings inte
 - TVM tuned (models in --tune): the same module with MetaSchedule, tuning the tasks that
   hold 90% of the FLOPs (graphopt compile's default --tune-share) with a budget of
   --trials-per-task times their number (the tuning time is reported; records are cached
-  in --cache);
+  in --cache/MODEL; --tune-share 1 tunes every task; --prepack adds a tuned build with
+  the weights marked layout-free, cached in --cache/MODEL-prepack);
 TVM runs with TVM_NUM_THREADS=2. Every TVM build is checked against onnxruntime first.
 Results go to benchmarks/results/compile.md (rewritten after each model).
 
@@ -126,7 +127,8 @@ def import_share(models) -> tuple[str, dict]:
 
 
 def latency(name: str, model: onnx.ModelProto, given: dict, *, trials_per_task: int, tune: bool,
-            runs: int, cache: Path) -> list[list]:
+            runs: int, cache: Path, share: float = codegen.DEFAULT_TUNE_SHARE,
+            prepack: bool = False) -> list[list]:
     from graphopt.verify import compare
 
     shapes = codegen.static_input_shapes(model, given)
@@ -142,18 +144,21 @@ def latency(name: str, model: onnx.ModelProto, given: dict, *, trials_per_task: 
     ex, _ = codegen.build(mod, host)
     builds["TVM untuned (default pipeline)"] = (ex, f"build {time.perf_counter() - t0:.1f} s")
     if tune:
-        from tvm import relax  # noqa: F401
-        from tvm.s_tir import meta_schedule as ms  # noqa: F401
+        from graphopt import tuning
 
-        n_tasks = _count_tasks(mod, host)
-        trials = trials_per_task * n_tasks  # over the tasks holding 90% of the FLOPs
-        t0 = time.perf_counter()
-        ex_t, info = codegen.build(mod, host, tune_trials=trials, tune_cache=cache / name)
-        total = time.perf_counter() - t0
-        builds[f"TVM tuned (MetaSchedule, {trials} trials)"] = (
-            ex_t, f"{info.tasks_selected} of {info.tasks} tasks tuned ({100 * info.flops_share:.0f}% of "
-                  f"FLOPs; {info.tasks_tuned} tuned in this run); tuning {info.seconds:.0f} s, "
-                  f"build total {total:.0f} s")
+        n_tasks = _count_tasks(mod, host, share)
+        trials = trials_per_task * n_tasks  # over the tasks holding `share` of the FLOPs
+        for packed in (False, True) if prepack else (False,):
+            tuning.PREPACK = packed
+            t0 = time.perf_counter()
+            ex_t, info = codegen.build(mod, host, tune_trials=trials, tune_share=share,
+                                       tune_cache=cache / (name + ("-prepack" if packed else "")))
+            total = time.perf_counter() - t0
+            builds[f"TVM tuned (MetaSchedule, {trials} trials{', weights prepacked' if packed else ''})"] = (
+                ex_t, f"{info.tasks_selected} of {info.tasks} tasks tuned ({100 * info.flops_share:.0f}% of "
+                      f"FLOPs; {info.tasks_tuned} tuned in this run); tuning {info.seconds:.0f} s, "
+                      f"build total {total:.0f} s")
+        tuning.PREPACK = False
     runners = {}
     for label, (ex, _) in builds.items():
         r = codegen.TVMRunner(ex, in_names, out_names)
@@ -176,13 +181,13 @@ def latency(name: str, model: onnx.ModelProto, given: dict, *, trials_per_task: 
     return rows
 
 
-def _count_tasks(mod, host) -> int:
-    """How many tasks `graphopt compile --tune-trials` tunes (those holding 90% of the FLOPs)."""
+def _count_tasks(mod, host, share: float) -> int:
+    """How many tasks `graphopt compile --tune-trials --tune-share share` tunes."""
     from graphopt import tuning
 
     with codegen.quiet_tvm():
         tasks = tuning.extract_tasks(mod, host.tvm_target(), tuning.PREPACK)
-    return len(tuning.heaviest(tasks, codegen.DEFAULT_TUNE_SHARE)[0])
+    return len(tuning.heaviest(tasks, share)[0])
 
 
 def main() -> None:
@@ -192,6 +197,9 @@ def main() -> None:
     ap.add_argument("--latency", default="digits_cnn,ppocr_cls,mobilenet_v2")
     ap.add_argument("--tune", default="digits_cnn,ppocr_cls", help="models of --latency also tuned")
     ap.add_argument("--no-tune", action="store_true")
+    ap.add_argument("--tune-share", type=float, default=codegen.DEFAULT_TUNE_SHARE)
+    ap.add_argument("--prepack", action="store_true",
+                    help="also a tuned build with the weights marked layout-free (graphopt.tuning._fusion)")
     ap.add_argument("--skip-share", action="store_true")
     ap.add_argument("--cache", default=str(Path(os.environ.get("TMPDIR", "/tmp")) / "graphopt-bench-tune"))
     ap.add_argument("--out", default=str(HERE / "results" / "compile.md"))
@@ -216,8 +224,10 @@ def main() -> None:
         "# `graphopt compile` (TVM) vs onnxruntime", "",
         f"CPU: {cpu_name()} ({os.cpu_count()} cores); TVM {tvm.__version__}; host target "
         f"`{codegen.resolve_target('host').tvm}`.", "",
-        "Reproduce: `/tmp/venv/bin/python benchmarks/bench_compile.py "
-        f"--trials-per-task {args.trials_per_task} --latency {args.latency} --tune {args.tune}`", "",
+        "Reproduce: `python benchmarks/bench_compile.py "
+        f"--trials-per-task {args.trials_per_task} --latency {args.latency} --tune {args.tune}"
+        f"{f' --tune-share {args.tune_share}' if args.tune_share != codegen.DEFAULT_TUNE_SHARE else ''}"
+        f"{' --prepack' if args.prepack else ''}{' --skip-share' if args.skip_share else ''}`", "",
     ]
     sections = []
     if not args.skip_share:
@@ -233,7 +243,7 @@ def main() -> None:
         model, given = models[name]
         lat_rows += latency(name, model, given, trials_per_task=args.trials_per_task,
                             tune=not args.no_tune and name in args.tune.split(","), runs=args.runs,
-                            cache=Path(args.cache))
+                            cache=Path(args.cache), share=args.tune_share, prepack=args.prepack)
         table = markdown_table(["model", "runtime", "median ms", "vs onnxruntime", "build"], lat_rows)
         write(args.out, header + sections + [
             "## Latency", "",
