@@ -230,6 +230,79 @@ def test_hardswish_opset_upgrade():
     assert ops(opt(m, "upgrade-opset,fuse-hardswish")) == ["HardSigmoid", "Mul"]
 
 
+def relu6_hardswish_model(spelling="paddle", opset=14, three=3.0, share=False):
+    """x * Clip(x + 3, 0, 6) / 6 as exporters spell it; constants are Constant nodes (as in
+    Paddle's export); below opset 11 the Clip bounds are attributes."""
+    def k(name, v):
+        return helper.make_node("Constant", [], [name], value=W(name, np.array(v)))
+
+    clip = (helper.make_node("Clip", ["a"], ["r"], min=0.0, max=6.0) if opset < 11
+            else helper.make_node("Clip", ["a", "lo", "hi"], ["r"]))
+    nodes = [k("three", three), k("lo", 0.0), k("hi", 6.0), k("six", 6.0), k("sixth", 1 / 6),
+             helper.make_node("Add", ["three", "x"] if spelling == "sixth_after" else ["x", "three"], ["a"]), clip]
+    nodes += {
+        "paddle": [helper.make_node("Mul", ["x", "r"], ["m"]), helper.make_node("Div", ["m", "six"], ["y"])],
+        "div_on_clip": [helper.make_node("Div", ["r", "six"], ["m"]), helper.make_node("Mul", ["x", "m"], ["y"])],
+        "sixth_after": [helper.make_node("Mul", ["r", "x"], ["m"]), helper.make_node("Mul", ["sixth", "m"], ["y"])],
+        "sixth_on_clip": [helper.make_node("Mul", ["r", "sixth"], ["m"]), helper.make_node("Mul", ["m", "x"], ["y"])],
+    }[spelling]
+    outs = [vi("y", None)] + ([vi("r", None)] if share else [])
+    return make(nodes, [vi("x", [2, 16])], outs, opset=opset)
+
+
+@pytest.mark.parametrize("spelling", ["paddle", "div_on_clip", "sixth_after", "sixth_on_clip"])
+def test_fuse_hardswish_clip_spellings(spelling):
+    m = relu6_hardswish_model(spelling)
+    out, report = graphopt.optimize(m, "fuse-hardswish", verify=False, return_report=True)
+    assert ops(out) == ["HardSwish"] and report.records[-1].stats == {"fused": 1, "refused": 0}
+    check_equiv(m, out, {"x": np.linspace(-5, 5, 32, dtype=np.float32).reshape(2, 16)})
+    # opset 13 has no HardSwish: refused with the reason, nothing changed
+    old = relu6_hardswish_model(spelling, opset=13)
+    out, report = graphopt.optimize(old, "fuse-hardswish", verify=False, return_report=True)
+    assert ops(out) == ops(old) and report.records[-1].stats["reasons"] == {"needs opset >= 14": 1}
+
+
+def test_hardswish_clip_attributes_opset_upgrade():
+    """Clip with min/max attributes (opset 10): upgrade-opset converts because that
+    HardSwish is there; a Relu6 (Clip 0..6) next to an Add is no reason to upgrade."""
+    m = relu6_hardswish_model("paddle", opset=10)
+    out = opt(m, "upgrade-opset,fuse-hardswish", allow_opset_upgrade=True)
+    assert ops(out) == ["HardSwish"] and out.opset_import[0].version == 14
+    check_equiv(m, out, {"x": np.linspace(-5, 5, 32, dtype=np.float32).reshape(2, 16)})
+    relu6 = make([helper.make_node("Add", ["x", "x"], ["a"]), helper.make_node("Clip", ["a", "lo", "hi"], ["y"])],
+                 [vi("x", [2, 16])], [vi("y", None)], [W("lo", np.array(0.0)), W("hi", np.array(6.0))], opset=11)
+    assert opt(relu6, "upgrade-opset", allow_opset_upgrade=True).opset_import[0].version == 11
+
+
+def test_ppocr_cls_hardswish_fused_and_verified(tmp_path, capsys):
+    """The real PP-OCR text-direction classifier (Paddle export, opset 11): every
+    Div(Mul(x, Clip(Add(x, 3), 0, 6)), 6) becomes one HardSwish, and the verifier passes."""
+    import json
+
+    from _export_helpers import ppocr_cls
+    from graphopt.cli import main as cli_main
+
+    path = ppocr_cls()
+    if path is None:
+        pytest.skip("pip install rapidocr-onnxruntime")
+    src = onnx.load(path)
+    prod = {o: n for n in src.graph.node for o in n.output}
+
+    def op_of(name):
+        return prod[name].op_type if name in prod else None
+
+    spelled = sum(1 for n in src.graph.node if n.op_type == "Div" and op_of(n.input[0]) == "Mul"
+                  and any(op_of(i) == "Clip" and op_of(prod[i].input[0]) == "Add" for i in prod[n.input[0]].input))
+    assert spelled == 18
+    out = tmp_path / "cls.onnx"
+    assert cli_main([str(path), "-p", "clean,fuse", "--allow-opset-upgrade", "-o", str(out), "--json"]) == 0
+    first = next(p for p in json.loads(capsys.readouterr().out)["passes"] if p["name"] == "fuse-hardswish")
+    assert first["stats"] == {"fused": spelled, "refused": 0} and first["verify"]["status"] == "ok"
+    fused = onnx.load(out)
+    assert sum(n.op_type == "HardSwish" for n in fused.graph.node) == spelled
+    assert fused.opset_import[0].version == 14
+
+
 def gelu_model(variant, opset=20, c=math.sqrt(2)):
     k = lambda name, v: helper.make_node("Constant", [], [name], value=W(name, np.array(v)))  # noqa: E731
     nodes = [k("c2", c), k("one", 1.0), k("half", 0.5)]

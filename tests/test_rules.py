@@ -14,7 +14,8 @@ from onnx import TensorProto, helper, numpy_helper
 import graphopt
 from conftest import MODELS, check_equiv
 from test_attention import attention_block, block_feeds
-from test_fusion import W, _post_ln_block, gelu_model, hardswish_model, layernorm_model, make, vi
+from test_fusion import (W, _post_ln_block, gelu_model, hardswish_model, layernorm_model, make,
+                         relu6_hardswish_model, vi)
 
 F = TensorProto.FLOAT
 RNG = np.random.default_rng(0)
@@ -108,6 +109,11 @@ CASES = {  # id: (model, pass, context, the reason it refuses with)
     "fold-pad": (pad_of_one, "fold-pad", {}, "Pad is not a constant zero padding"),
     "fuse-hardswish": (lambda: hardswish_model(alpha=0.2), "fuse-hardswish", {}, "HardSigmoid alpha/beta are not 1/6, 0.5"),
     "fuse-hardswish-opset": (lambda: hardswish_model(opset=13), "fuse-hardswish", {}, "needs opset >= 14"),
+    "fuse-hardswish-clip": (lambda: relu6_hardswish_model(three=2.0), "fuse-hardswish", {},
+                            "not x * Clip(x + 3, 0, 6) / 6"),
+    "fuse-hardswish-clip-shared": (lambda: relu6_hardswish_model("div_on_clip", share=True), "fuse-hardswish", {},
+                                   "an intermediate of x * Clip(x + 3, 0, 6) / 6 is read elsewhere"),
+    "fuse-hardswish-clip-opset": (lambda: relu6_hardswish_model(opset=11), "fuse-hardswish", {}, "needs opset >= 14"),
     "fuse-gelu": (lambda: gelu_model("a", c=2.0), "fuse-gelu", {}, "Erf input is not x / sqrt(2)"),
     "fuse-gelu-opset": (lambda: gelu_model("a", opset=17), "fuse-gelu", {}, "needs opset >= 20"),
     "fuse-clip": (disjoint_clips, "fuse-clip", {}, "the ranges do not overlap"),

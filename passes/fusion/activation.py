@@ -15,27 +15,65 @@ from .rule import MS, Rule, close, other_input, scalar
 
 @register_pass("fuse-hardswish")
 class FuseHardSwish(Rule):
-    """x * HardSigmoid(x; 1/6, 0.5) -> HardSwish (opset >= 14)."""
+    """HardSwish (opset >= 14) from its exporter spellings: x * HardSigmoid(x; 1/6, 0.5), and
+    x * Clip(x + 3, 0, 6) / 6 with the division by 6 (or product by 1/6) after the product
+    (Paddle: Div(Mul(x, Clip(Add(x, 3), 0, 6)), 6)) or on the Clip (x * (Clip(x + 3, 0, 6) / 6))."""
 
-    anchor = ("Mul",)
+    anchor = ("Mul", "Div")
     emits = {None: (14, None)}
 
-    def match(self, scope, mul):
-        if len(mul.inputs) != 2:
+    def match(self, scope, last):
+        if len(last.inputs) != 2:
             return None
-        why = None
-        for x, h in (mul.inputs, mul.inputs[::-1]):
-            hs = scope.producer(h, "HardSigmoid")
-            if hs is None or hs.inputs[0] is not x or not scope.private(h):
-                continue
-            if close(hs.attrs.get("alpha", 0.2), 1 / 6) and close(hs.attrs.get("beta", 0.5), 0.5):
-                return hs, x
-            why = "HardSigmoid alpha/beta are not 1/6, 0.5"
-        return why
+        if last.op == "Mul":
+            for x, h in (last.inputs, last.inputs[::-1]):
+                hs = scope.producer(h, "HardSigmoid")
+                if hs is None or hs.inputs[0] is not x or not scope.private(h):
+                    continue
+                if close(hs.attrs.get("alpha", 0.2), 1 / 6) and close(hs.attrs.get("beta", 0.5), 0.5):
+                    return [hs], x
+                return "HardSigmoid alpha/beta are not 1/6, 0.5"
+        t = sixth_of(last)
+        if t is not None:  # (x * r) / 6
+            mul = scope.producer(t, "Mul")
+            return None if mul is None or len(mul.inputs) != 2 else relu6_times_x(scope, [mul], t, mul.inputs)
+        if last.op == "Mul":  # x * (r / 6)
+            for x, s in (last.inputs, last.inputs[::-1]):
+                div = scope.producer(s)
+                r = sixth_of(div) if div is not None else None
+                if r is not None:
+                    return relu6_times_x(scope, [div], s, (x, r))
+        return None
 
-    def rewrite(self, scope, mul, m):
-        hs, x = m
-        scope.replace_chain([hs], mul, "HardSwish", [x])
+    def rewrite(self, scope, last, m):
+        nodes, x = m
+        scope.replace_chain(nodes, last, "HardSwish", [x])
+
+
+def sixth_of(node: gs.Node) -> gs.Tensor | None:
+    """t when `node` is t / 6 or t * (1/6), else None."""
+    if node.op == "Div" and len(node.inputs) == 2 and close(scalar(node.inputs[1]), 6.0):
+        return node.inputs[0]
+    if node.op == "Mul" and len(node.inputs) == 2:
+        return next((t for t, k in (node.inputs, node.inputs[::-1]) if close(scalar(k), 1 / 6)), None)
+    return None
+
+
+def relu6_times_x(scope, nodes, t, pair):
+    """The nodes of x * Clip(x + 3, 0, 6) (with `nodes`, whose output `t` the anchor reads)
+    and x, when one of `pair` is x and the other that Clip; None when no Clip(x + ...) is
+    there, a reason when the constants or the sharing of an intermediate do not fit."""
+    for x, r in (pair, pair[::-1]):
+        clip = scope.producer(r, "Clip")
+        add = scope.producer(clip.inputs[0], "Add") if clip is not None and clip.inputs else None
+        if add is None or other_input(add, x) is None:
+            continue
+        if not close(scalar(other_input(add, x)), 3.0) or clip_bounds(clip) != (0.0, 6.0):
+            return "not x * Clip(x + 3, 0, 6) / 6"
+        if not all(scope.private(u) for u in (t, r, clip.inputs[0])):
+            return "an intermediate of x * Clip(x + 3, 0, 6) / 6 is read elsewhere"
+        return [add, clip, *nodes], x
+    return None
 
 
 @register_pass("fuse-gelu")

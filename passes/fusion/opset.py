@@ -14,14 +14,19 @@ from .transformer import FuseLayerNorm
 log = logging.getLogger(__name__)
 
 
+# (rule, ops whose presence is enough, ops whose presence asks the rule for a real match):
+# HardSwish spelled x * Clip(x + 3, 0, 6) / 6 only counts when it is there, not for any Clip.
+NEEDS = ((FuseHardSwish, {"HardSigmoid"}, {"Clip", "Add"}), (FuseLayerNorm, {"ReduceMean", "Sqrt"}, None),
+         (FuseGelu, {"Erf"}, None))
+
+
 def _wanted_opset(model: Model, ctx: PassContext) -> int:
-    """The lowest opset the rules whose signature ops the model has may emit for ctx.target."""
+    """The lowest opset the rules whose signature ops (or matches) the model has may emit for ctx.target."""
     ops = {n.op for n in model.graph.nodes}
     want = 0
-    for rule, signature in ((FuseHardSwish, {"HardSigmoid"}), (FuseLayerNorm, {"ReduceMean", "Sqrt"}),
-                            (FuseGelu, {"Erf"})):
+    for rule, signature, maybe in NEEDS:
         span = rule.emits.get(ctx.target, rule.emits.get(None))
-        if span is not None and signature <= ops:
+        if span is not None and (signature <= ops or (maybe is not None and maybe <= ops and rule().found(model, ctx))):
             want = max(want, span[0])
     return want
 

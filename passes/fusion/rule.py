@@ -137,6 +137,17 @@ class Rule(Pass):
             return f"needs opset <= {hi}"
         return None
 
+    def found(self, model: Model, ctx: PassContext) -> bool:
+        """Whether some candidate would be rewritten at an opset the rule emits for."""
+        shapes, types = inferred_shapes(model) if self.needs_shapes else ({}, {})
+        for graph in iter_graphs(model.graph):
+            scope = Scope(graph, model, ctx, shapes, types)
+            for node in graph.nodes:
+                m = self.match(scope, node) if node.op in self.anchor and std(node) else None
+                if m is not None and not isinstance(m, str) and not self.check(scope, node, m):
+                    return True
+        return False
+
     def run(self, model: Model, ctx: PassContext) -> PassResult:
         too_old = self.opset_refusal(model, ctx)
         if too_old is False or not any(n.op in self.anchor and std(n) for n in iter_nodes(model.graph)):
