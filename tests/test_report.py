@@ -255,6 +255,21 @@ def test_unchanged_passes_are_folded_away():
     assert all(f">p{i}<" in folded.group(2) for i in range(6))
 
 
+def test_fusion_refusals_show_their_reasons():
+    """A rule's refusals ({reason: count}) show in its pass row; other stats as before."""
+    from test_fusion import layernorm_model
+
+    from graphopt.report.page import _stats_text
+
+    report = PassManager("fuse-layernorm,fuse-hardswish", PassContext()).run(
+        graphopt.Model.from_onnx(layernorm_model(opset=16)))
+    text = render_html(build_report(report, spec="fuse-layernorm,fuse-hardswish"))
+    cells = re.findall(r'<td class="stats"[^>]*>(.*?)</td>', text)
+    assert cells == ["fused=0, refused 1: needs opset &gt;= 17 (1)", "fused=0, refused=0"], cells
+    assert _stats_text({"fused": 1, "refused": 5, "reasons": {"a": 3, "b": 2}, "other": {"x": 1}}) == \
+        "fused=1, refused 5: a (3); b (2)"
+
+
 def test_changes_are_percent_or_factor_never_exponent():
     from graphopt._format import format_change
 

@@ -264,6 +264,19 @@ def _graph_section(g: dict | None) -> str:
     return "".join(parts)
 
 
+def _stats_text(stats: dict) -> str:
+    """A pass's scalar stats as key=value; a fusion rule's refusals (`refused` with its
+    `reasons` {reason: count}) as "refused 5: needs opset >= 17 (5)"."""
+    reasons = stats.get("reasons") if isinstance(stats.get("reasons"), dict) else None
+    out = []
+    for k, val in stats.items():
+        if k == "refused" and reasons:
+            out.append(f"refused {format_num(val)}: " + "; ".join(f"{r} ({n})" for r, n in reasons.items()))
+        elif not isinstance(val, (dict, list)):
+            out.append(f"{k}={format_num(val)}")
+    return ", ".join(out)
+
+
 def render_html(data: dict) -> str:
     """The report as one self-contained HTML page."""
     s = data["summary"]
@@ -322,8 +335,7 @@ def render_html(data: dict) -> str:
         if p.get("reverted"):
             status = '<span class="fail">reverted</span> ' + status
         name = esc(p["spec"] + (f" #{p['iteration'] + 1}" if p.get("iteration") else ""))
-        stats = esc(", ".join(f"{k}={format_num(val)}" for k, val in (p.get("stats") or {}).items()
-                             if not isinstance(val, (dict, list))))
+        stats = esc(_stats_text(p.get("stats") or {}))
         return [name, esc(p.get("contract", "")), "yes" if p.get("changed") else "–",
                 f"{p['nodes_before']} → {p['nodes_after']}" if p.get("changed") else str(p["nodes_after"]),
                 esc(format_bytes(p["bytes_after"])), f"{p['seconds'] * 1e3:.0f} ms", status, detail, stats]
