@@ -6,7 +6,7 @@ fire because of the model's opset or the target, with the option that enables th
 The hints look at what is left in the optimized model (op types, the single-consumer
 chains the fusions match, and the default-domain opset), not inside the fusion passes:
 when the pattern's ops are still there, the fusion did not happen. The opset each fusion
-needs is the one passes/fusion.py documents (HardSwish 14, LayerNormalization 17, Gelu 20).
+needs is the `emits` its rule in passes/fusion/ declares (HardSwish 14, LayerNormalization 17, Gelu 20).
 """
 
 from __future__ import annotations
