@@ -22,7 +22,8 @@ Part 2, latency on this machine (batch 1; digits_cnn batch 32), all timings inte
   --trials-per-task times their number (the tuning time is reported; records are cached
   in --cache/MODEL; --tune-share 1 tunes every task; --prepack adds a tuned build with
   the weights marked layout-free, cached in --cache/MODEL-prepack);
-TVM runs with TVM_NUM_THREADS=2. Every TVM build is checked against onnxruntime first.
+TVM runs with TVM_NUM_THREADS=2 and TVM_THREAD_POOL_SPIN_COUNT=0 (no spinning, like onnxruntime
+here). Every TVM build is checked against onnxruntime first.
 Results go to benchmarks/results/compile.md (rewritten after each model).
 
 Part 3, on the device (--device HOST:PORT, a TVM RPC server such as the emulated aarch64
@@ -42,6 +43,9 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("TVM_NUM_THREADS", "2")
+# TVM's thread pool does not spin, as onnxruntime does not (allow_spinning=0): a spinning pool
+# on a shared machine waits at every kernel for a descheduled thread
+os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", "0")
 
 import numpy as np  # noqa: E402
 import onnx  # noqa: E402
@@ -247,7 +251,7 @@ def main() -> None:
         table = markdown_table(["model", "runtime", "median ms", "vs onnxruntime", "build"], lat_rows)
         write(args.out, header + sections + [
             "## Latency", "",
-            "Medians of interleaved runs; TVM_NUM_THREADS=2; every TVM build was checked against "
+            "Medians of interleaved runs; TVM_NUM_THREADS=2, TVM_THREAD_POOL_SPIN_COUNT=0; every TVM build was checked against "
             "onnxruntime (float contract) before timing.", "", table, ""])
     if args.device:
         replace_section(args.out, DEVICE_HEADING,

@@ -15,7 +15,8 @@ For each model (the bench_compile models, the same shapes): the graphopt front e
 - onnxruntime (all optimizations, 2 threads, spinning off): its profiler's kernel time per
   operator type.
 
-The section "## Where the time goes" of --out is rewritten. TVM runs with TVM_NUM_THREADS=2.
+The section "## Where the time goes" of --out is rewritten. TVM runs with TVM_NUM_THREADS=2
+and TVM_THREAD_POOL_SPIN_COUNT=0.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ import sys
 from pathlib import Path
 
 os.environ.setdefault("TVM_NUM_THREADS", "2")
+# TVM's thread pool does not spin, as onnxruntime does not (allow_spinning=0): a spinning pool
+# on a shared machine waits at every kernel for a descheduled thread
+os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", "0")
 
 import numpy as np  # noqa: E402
 
@@ -146,7 +150,7 @@ def main() -> None:
     cmd = (f"python benchmarks/profile_tvm.py --models {args.models} --runs {args.runs} --top {args.top}"
            + (f" --tune-cache DIR --tune-trials {args.tune_trials} --tuned {args.tuned}"
               + (" --prepack" if args.prepack else "") if args.tuned else ""))
-    lines = [HEADING, "", f"`{cmd}`; CPU: {cpu_name()} ({os.cpu_count()} cores), TVM_NUM_THREADS=2, "
+    lines = [HEADING, "", f"`{cmd}`; CPU: {cpu_name()} ({os.cpu_count()} cores), TVM_NUM_THREADS=2 (not spinning), "
              f"onnxruntime 2 threads; load average {load[0]:.1f} at the end (the machine was shared "
              "with other jobs: absolute times are noisy, shares within one build are the signal).",
              "", table, ""] + [f"- {n}" for n in notes] + [""]

@@ -40,6 +40,7 @@ DEFAULT_TUNE_SHARE = 0.9
 # popen worker alone can take longer, and then every trial "fails".
 LOCAL_RUNNER_TIMEOUT = 300
 BUILDER_TIMEOUT = 300
+SPIN_ENV = "TVM_THREAD_POOL_SPIN_COUNT"   # read when TVM's thread pool starts; 0: no spinning
 # Mark the weights layout-free while tuning (see _fusion); off until measured to help here
 PREPACK = False
 
@@ -273,6 +274,10 @@ def warm_worker() -> None:
     on each): ~10 CPU-seconds, minutes of wall time on a loaded machine, all counted in the
     first candidate's timeout — so every trial of a batch "failed". The initializer runs
     before any timed call (TVM's PopenWorker sends it without a timeout)."""
+    # the candidates run with TVM's thread pool not spinning (graphopt's onnxruntime
+    # sessions do not spin either): on a shared machine a spinning pool waits for a
+    # descheduled thread at every kernel (10x on the digits CNN at load 6 on 2 cores)
+    os.environ.setdefault(SPIN_ENV, "0")
     import tvm.s_tir.tensor_intrin  # noqa: F401
     from tvm.s_tir.meta_schedule import builder, runner  # noqa: F401
 
