@@ -188,8 +188,8 @@ class Quantize(Pass):
             stats["unfused_ort_ops"] = unfused
         folded = unfused
         for name in ("fold-pad", "fold-bn", "fold-affine"):
-            res = get_pass(name)().run(work, ctx)
-            folded += sum(v for v in res.stats.values() if isinstance(v, int))
+            rule = get_pass(name)()
+            folded += rule.run(work, ctx).stats.get(rule.stat, 0)  # what fired, not what was refused
         # x * HardSigmoid(x) -> HardSwish (opset >= 14): one float op between regions, which
         # the static build turns into Clip + QLinearMul (passes/_qhardswish; issue 16)
         folded += get_pass("fuse-hardswish")().run(work, ctx).stats.get("fused", 0)
