@@ -66,11 +66,20 @@ def kernel_flops(mod, target, fused: bool) -> dict[str, float]:
     return out
 
 
+def _base_name(name: str, known: dict) -> str:
+    """`name` as kernel_flops knows it: a rebuild renames functions (a '_prepacked' suffix,
+    a '1' appended by TVM's name deduplication); '-' is shown where nothing matches."""
+    name = name.removesuffix("_prepacked")
+    while name not in known and name.endswith("1") and len(name) > 1:
+        name = name[:-1]
+    return name
+
+
 def rows_for(label: str, total: float, kernels, flops: dict, top: int) -> list[list]:
     summed = sum(k.ms for k in kernels) or 1.0
     rows = []
     for k in kernels[:top]:
-        f = flops.get(k.name)
+        f = flops.get(_base_name(k.name, flops))
         rows.append([label, k.name, k.calls, f"{k.ms:.3f}", f"{100 * k.ms / summed:.0f}%",
                      f"{f / 1e9:.3f}" if f else "-",
                      f"{f / (k.ms / k.calls) / 1e6:.1f}" if f and k.ms else "-"])
