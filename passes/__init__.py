@@ -11,7 +11,7 @@ from . import fp16  # noqa: F401
 from . import nchwc  # noqa: F401
 from . import prune  # noqa: F401
 from . import quantize  # noqa: F401
-from . import shapes  # noqa: F401
+from . import bind_shapes  # noqa: F401
 # --- distill/sparsify (issue 15)
 from . import distill  # noqa: F401
 from . import sparsify  # noqa: F401
