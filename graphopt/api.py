@@ -8,8 +8,7 @@ from typing import Any, Iterable, Sequence
 import onnx
 
 from . import io
-from .driver import check_model, pass_manager, run_pipeline  # noqa: F401 - check_model: tests/test_io.py
-from .runtime import checker_skeleton as _checker_skeleton  # noqa: F401 - tests/test_io.py
+from .driver import pass_manager, run_pipeline
 from .pipeline import Instrument, Pass, PassContext, Report
 
 

@@ -284,7 +284,7 @@ class RemoteRunner:
                 for n in self.input_names]
 
     def run(self, feeds: dict[str, np.ndarray], cache: bool = True) -> list[np.ndarray]:
-        from .codegen import flatten_outputs
+        from .tvm_build import flatten_outputs
         from .verify.runner import InvalidInput
 
         self.runs += 1

@@ -256,14 +256,6 @@ def list_passes() -> dict[str, type[Pass]]:
     return dict(sorted(_PASSES.items()))
 
 
-def passes() -> dict[str, type[Pass]]:
-    """Deprecated name of `list_passes` (graphopt.passes is the package of built-in passes)."""
-    import warnings
-
-    warnings.warn("graphopt.pipeline.passes() is now list_passes()", DeprecationWarning, stacklevel=2)
-    return list_passes()
-
-
 def groups() -> dict[str, Group]:
     """Every registered group by name, sorted."""
     discover()

@@ -87,7 +87,7 @@ def cache_folder(root, ttarget, remote=None) -> tuple[Path, dict]:
 def tuned_build(mod, ttarget, trials: int, cache, share: float, progress, *, remote=None,
                 cross_gcc: str | None = None, prepack: bool | None = None):
     """(executable, TuneInfo): see the module docstring."""
-    from .codegen import quiet_tvm
+    from .tvm_build import quiet_tvm
 
     prepack = PREPACK if prepack is None else prepack
     try:

@@ -36,6 +36,10 @@ INSTALL_HINT = "TVM is not installed: pip install 'graphopt[tvm]'"
 
 
 def require_tvm():
+    # TVM's thread pool spins by default; graphopt's onnxruntime sessions do not
+    # (allow_spinning=0), so neither does TVM: on a shared machine a spinning pool
+    # measured 15.5 ms vs 1.4 ms for the tuned digits CNN (benchmarks/results/compile.md)
+    os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", "0")
     try:
         import tvm
         from tvm import relax  # noqa: F401

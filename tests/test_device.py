@@ -103,7 +103,7 @@ def ppocr_cls() -> Path:
 @pytest.mark.slow
 def test_shipped_model_verified_and_timed_on_the_device(board, tmp_path, capsys):
     out = tmp_path / "digits.aarch64.so"
-    rc = main(["compile", str(DIGITS), "--target", "aarch64", "--rpc", f"{board.host}:{board.port}",
+    rc = main(["compile", str(DIGITS), "--arch", "aarch64", "--rpc", f"{board.host}:{board.port}",
                "--rpc-timeout", "300", "-o", str(out), "--json"])
     assert rc == 0
     d = json.loads(capsys.readouterr().out)
@@ -173,7 +173,7 @@ def test_tuning_measures_on_the_device_and_reuses_only_its_records(board, tmp_pa
 @pytest.mark.slow
 def test_tracker_and_key(tracked_board, tmp_path, capsys):
     out = tmp_path / "d.so"
-    rc = main(["compile", str(DIGITS), "--target", "aarch64-cortex-a53",
+    rc = main(["compile", str(DIGITS), "--arch", "aarch64-cortex-a53",
                "--rpc-tracker", f"{tracked_board.host}:{tracked_board.port}",
                "--rpc-key", tracked_board.key, "--rpc-timeout", "300", "-o", str(out),
                "--verify-examples", "4"])
@@ -182,7 +182,7 @@ def test_tracker_and_key(tracked_board, tmp_path, capsys):
     assert f"on device 'qemu-aarch64' of the tracker 127.0.0.1:{tracked_board.port} vs onnxruntime" in text
     assert "ok 4/4" in text and "latency" in text
     # a key nobody registered: one line naming the keys there, exit 2
-    rc = main(["compile", str(DIGITS), "--target", "aarch64", "--rpc-tracker",
+    rc = main(["compile", str(DIGITS), "--arch", "aarch64", "--rpc-tracker",
                f"127.0.0.1:{tracked_board.port}", "--rpc-key", "jetson", "-o", str(tmp_path / "x.so")])
     err = capsys.readouterr().err
     assert rc == 2 and "no device registered under key 'jetson' (keys at the tracker: qemu-aarch64)" in err
@@ -201,7 +201,7 @@ def _cli(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
 def test_dead_server_is_one_line_exit_2_nothing_written(tmp_path):
     port = free_port()   # nothing listens there
     out = tmp_path / "d.so"
-    r = _cli("--target", "aarch64", "--rpc", f"127.0.0.1:{port}", "--rpc-timeout", "20", "-o", str(out))
+    r = _cli("--arch", "aarch64", "--rpc", f"127.0.0.1:{port}", "--rpc-timeout", "20", "-o", str(out))
     assert r.returncode == 2, r.stderr
     assert f"cannot reach the RPC server 127.0.0.1:{port}" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
@@ -228,7 +228,7 @@ def test_hanging_device_errors_within_its_timeout(tmp_path):
     th.start()
     try:
         port = listener.getsockname()[1]
-        r = _cli("--target", "aarch64", "--rpc", f"127.0.0.1:{port}", "--rpc-timeout", "3",
+        r = _cli("--arch", "aarch64", "--rpc", f"127.0.0.1:{port}", "--rpc-timeout", "3",
                  "-o", str(tmp_path / "d.so"), timeout=180)   # a hang fails here
         assert r.returncode == 2, r.stderr
         assert f"cannot reach the RPC server 127.0.0.1:{port}: no answer within 3 s" in r.stderr
@@ -253,7 +253,7 @@ def test_hanging_device_errors_within_its_timeout(tmp_path):
     (["--rpc", "127.0.0.1:9090", "--archive"], "drop --archive to use --rpc"),
 ])
 def test_bad_rpc_options(tmp_path, capsys, args, expect):
-    rc = main(["compile", str(DIGITS), "--target", "aarch64", "-o", str(tmp_path / "d.so"), *args])
+    rc = main(["compile", str(DIGITS), "--arch", "aarch64", "-o", str(tmp_path / "d.so"), *args])
     err = capsys.readouterr().err
     assert rc == 2 and expect in err and len(err.strip().splitlines()) == 1, err
     assert list(tmp_path.iterdir()) == []
@@ -279,14 +279,14 @@ def test_missing_cross_linker_or_libc_names_the_debian_package(tmp_path, monkeyp
     out.mkdir()
     for target, expect in (("fake-nogcc", "apt-get install gcc-graphopt-test"),
                            ("fake-a64", "apt-get install libc6-dev-graphopt-test-cross")):
-        rc = main(["compile", str(DIGITS), "--target", target, "--rpc", "127.0.0.1:9",
+        rc = main(["compile", str(DIGITS), "--arch", target, "--rpc", "127.0.0.1:9",
                    "-o", str(out / "d.so")])
         err = capsys.readouterr().err
         assert rc == 2 and expect in err and len(err.strip().splitlines()) == 1, err
     assert list(out.iterdir()) == []
     # without --rpc: a gcc without its C library fails the link the same way (without a gcc
     # at all, an object archive and the link hint are written instead: test_codegen)
-    rc = main(["compile", str(DIGITS), "--target", "fake-a64", "--no-verify", "-o", str(out / "d.so")])
+    rc = main(["compile", str(DIGITS), "--arch", "fake-a64", "--no-verify", "-o", str(out / "d.so")])
     err = capsys.readouterr().err
     assert rc == 2 and "apt-get install libc6-dev-graphopt-test-cross" in err, err
     assert len(err.strip().splitlines()) == 1 and list(out.iterdir()) == []

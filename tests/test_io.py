@@ -325,9 +325,10 @@ def test_failing_pass_writes_nothing(tmp_path):
 
 
 def test_check_model_skips_payload_but_checks_it():
-    """api.check_model hands onnx.checker a skeleton without the big weights; the
+    """driver.check_model hands onnx.checker a skeleton without the big weights; the
     weights' sizes are still checked, and so are the nodes reading them."""
-    from graphopt.api import _checker_skeleton, check_model
+    from graphopt.driver import check_model
+    from graphopt.runtime import checker_skeleton as _checker_skeleton
 
     m = small_model(64 * 64)
     sk = _checker_skeleton(m)

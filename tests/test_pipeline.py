@@ -378,5 +378,3 @@ def test_listing_functions_and_the_passes_package_are_distinct():
     assert isinstance(graphopt.passes, types.ModuleType) and graphopt.passes.__name__ == "graphopt.passes"
     assert Path(graphopt.passes.__file__).parent.name == "passes"
     assert graphopt.list_passes()["dce"].__module__.startswith("graphopt.passes.")
-    with pytest.warns(DeprecationWarning, match="list_passes"):
-        assert pipeline.passes() == graphopt.list_passes()

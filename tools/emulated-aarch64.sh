@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# An emulated aarch64 board for `graphopt compile --target aarch64 --rpc`: Debian's arm64
+# An emulated aarch64 board for `graphopt compile --arch aarch64 --rpc`: Debian's arm64
 # python3.11 unpacked into a sysroot (no install), the aarch64 wheels of TVM in it, run
 # under qemu-user as TVM's RPC server on the loopback address.
 #
