@@ -12,7 +12,7 @@ Tables (medians of interleaved runs, ratios against verification off):
 1. in-process `graphopt.optimize(model, pipeline)`: off / on (default: the input
    model's reference runs start on a worker thread while the passes run, each check
    inline) / on with `ahead=False` (nothing overlaps) / on with `background=True` (each
-   check on a worker thread while the next passes run; graphopt/verify/instrument.py);
+   check on a worker thread while the next passes run; graphopt/instruments/verify.py);
    wall time and process CPU time (all threads);
 2. the whole CLI job (`graphopt model.onnx -p ... -o out.onnx`, process start to exit,
    load and save included): `--no-verify` vs default;

@@ -16,7 +16,7 @@ import pytest
 import graphopt
 from graphopt import Pass, PassContext, PassManager, PassResult, register_pass
 from graphopt.analysis import profile_model
-from graphopt.analysis.stages import StageProfiler
+from graphopt.instruments.stages import StageProfiler
 from graphopt.cli import main as cli_main
 from graphopt.report import build_report, render_html, write_report
 from graphopt.report.charts import hbar_chart

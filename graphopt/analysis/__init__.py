@@ -10,11 +10,10 @@ from .memory import (ActivationMemory, MeasuredMemory, ParamCount, count_params,
                      estimate_activation_memory, measure_session_memory)
 from .profile import BatchProfile, Profile, profile_model
 from .shapes import ShapeInfo, infer_shapes, resolve_input_shapes
-from .stages import StageProfiler
 
 __all__ = [
     "ActivationMemory", "BatchProfile", "LatencyResult", "MacCount", "MeasuredMemory", "NodeCost",
     "ParamCount", "Profile", "ShapeInfo", "count_macs", "count_params", "estimate_activation_memory",
     "infer_shapes", "measure_latency", "measure_session_memory", "profile_model",
-    "resolve_input_shapes", "StageProfiler",
+    "resolve_input_shapes",
 ]

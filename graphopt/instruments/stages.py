@@ -43,8 +43,7 @@ class StageProfiler(Instrument):
         self._input: dict | None = None
 
     def measure(self, proto: onnx.ModelProto) -> dict:
-        # graphopt.analysis imports this module's old place (graphopt.analysis.stages):
-        # imported here, not at the top, so neither package needs the other first
+        # imported here, not at the top: the instruments package loads without the analyses
         from ..analysis.flops import count_macs
         from ..analysis.latency import measure_latency
 

@@ -111,7 +111,7 @@ def profile_path(path: str, input_shapes=None, *, progress=None, runs: int = 20,
     (Profile or None, note)."""
     from .. import io
     from ..analysis import profile_model
-    from ..analysis.stages import report_shapes
+    from ..instruments.stages import report_shapes
 
     try:
         proto = proto if proto is not None else io.load(path)

@@ -55,10 +55,8 @@ class Distill(Pass):
             raise GraphoptError("pass 'distill': temperature and time_limit must be > 0")
         if not 0.0 <= self.holdout < 1.0:
             raise GraphoptError("pass 'distill': holdout must be in [0, 1)")
-        self.budget = self.budget_for(PassContext())
 
     def run(self, model: Model, ctx: PassContext) -> PassResult:
-        self.budget = self.budget_for(ctx)
         if not ctx.samples:
             raise GraphoptError("distill needs samples (--samples): the inputs it fine-tunes on")
         student = model.to_onnx()
