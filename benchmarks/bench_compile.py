@@ -1,6 +1,6 @@
 """Benchmark of `graphopt compile` (TVM) against onnxruntime, and which models TVM can take.
 
-    /tmp/venv/bin/python benchmarks/bench_compile.py [--trials-per-task 8] [--runs 30]
+    python benchmarks/bench_compile.py [--trials-per-task 8] [--runs 30]
         [--latency digits_cnn,ppocr_cls,mobilenet_v2] [--tune digits_cnn,ppocr_cls]
         [--no-tune] [--skip-share] [--cache DIR] [--tune-share F] [--prepack]
 
