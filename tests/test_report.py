@@ -270,6 +270,21 @@ def test_fusion_refusals_show_their_reasons():
         "fused=1, refused 5: a (3); b (2)"
 
 
+def test_a_pass_that_kept_the_model_says_why_in_the_shown_rows():
+    """quant keeping a model float (INT8 not measured faster) is a decision, not an
+    unchanged pass: its row and reason stay visible instead of being folded away."""
+    rep = graphopt.Report(nodes_before=3, nodes_after=3)
+    why = "INT8 not shown faster than FP32 by 1.05x on onnxruntime (0.65x [0.56, 0.77]); model kept in float"
+    rep.records.append(graphopt.PassRecord("quant", "quant", "lossy", None, 0, False,
+                                           {"mode": "static", "reverted": why}, 3, 3, 10, 10, 0.01))
+    rep.records.append(graphopt.PassRecord("dce", "dce", "exact", None, 0, False,
+                                           {"nodes_removed": 0}, 3, 3, 10, 10, 0.001))
+    text = render_html(build_report(rep, spec="quant,dce"))
+    shown = text.split('id="passes-unchanged"')[0]
+    assert ">quant<" in shown and "model kept in float" in shown
+    assert "1 passes unchanged" in text and ">dce<" not in shown
+
+
 def test_changes_are_percent_or_factor_never_exponent():
     from graphopt._format import format_change
 

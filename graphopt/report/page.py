@@ -264,6 +264,9 @@ def _graph_section(g: dict | None) -> str:
     return "".join(parts)
 
 
+_DECISIONS = ("reverted", "skipped")  # stats keys of a pass that chose not to change the model
+
+
 def _stats_text(stats: dict) -> str:
     """A pass's scalar stats as key=value; a fusion rule's refusals (`refused` with its
     `reasons` {reason: count}) as "refused 5: needs opset >= 17 (5)"."""
@@ -341,8 +344,11 @@ def render_html(data: dict) -> str:
                 esc(format_bytes(p["bytes_after"])), f"{p['seconds'] * 1e3:.0f} ms", status, detail, stats]
 
     headers = ["pass", "contract", "changed", "nodes", "weights", "time", "check", "worst error", "stats"]
+    # a pass that decided against its change (quant keeping a model float because INT8 was
+    # not faster, a skipped rewrite) says why in its stats: that decision is shown too
     shown = [p for p in data["passes"] if p.get("changed") or p.get("reverted")
-             or (p.get("verify") or {}).get("status") == "failed"]
+             or (p.get("verify") or {}).get("status") == "failed"
+             or any(k in (p.get("stats") or {}) for k in _DECISIONS)]
     folded = [p for p in data["passes"] if p not in shown]
     pipe = ['<section id="pipeline"><h2>Pipeline</h2>']
     if shown:
