@@ -11,14 +11,9 @@ needs is the `emits` its rule in passes/fusion/ declares (HardSwish 14, LayerNor
 
 from __future__ import annotations
 
-import logging
 from collections import Counter
 
 import onnx
-
-from ..pipeline import Instrument
-
-log = logging.getLogger(__name__)
 
 ORT_ACTIVATIONS = {"Relu", "Clip", "LeakyRelu", "Sigmoid", "Tanh", "HardSigmoid"}
 
@@ -109,15 +104,3 @@ def fusion_hints(model, ctx=None, ran: set[str] | None = None) -> list[str]:
             hints.append(f"{skip} Add + LayerNormalization pair(s) fuse into SkipLayerNormalization "
                          "only for onnxruntime: add --target ort")
     return hints
-
-
-class FusionHints(Instrument):
-    """Logs the hints once after the pipeline (a warning: it shows by default, not under -q)
-    and keeps them in `report.extra["hints"]`."""
-
-    def after_pipeline(self, model, ctx, report) -> None:
-        ran = {r.name for r in report.records}
-        hints = fusion_hints(model, ctx, ran)
-        report.extra["hints"] = hints
-        for h in hints:
-            log.warning("hint: %s", h)

@@ -5,7 +5,7 @@
 exported by PaddlePaddle and some PyTorch exporters) were missing from it, so a model
 whose weights all sit in Constant nodes showed "0 B" before `fold-constants` turned them
 into initializers (PP-OCRv4 rec: "0 B -> 5.8 MB weights"). `weight_bytes` here counts
-both, in every subgraph; `WeightCount` is an instrument that puts these numbers into
+both, in every subgraph; `graphopt.instruments.counts.WeightCount` puts these numbers into
 the pipeline's Report and its PassRecords (place it last, after verification, so a
 reverted pass is counted as reverted).
 """
@@ -16,7 +16,6 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..ir import Model, constant_nbytes, iter_constants, iter_graphs
-from ..pipeline import Instrument, Pass, PassContext, PassRecord, Report
 
 _VALUE_ATTRS = ("value", "sparse_value", "value_float", "value_floats", "value_int", "value_ints")
 
@@ -51,25 +50,3 @@ def weight_bytes(model: Model | gs.Graph) -> int:
     """Initializers and Constant-node tensors of the model, every subgraph included."""
     graph = model.graph if isinstance(model, Model) else model
     return sum(constant_nbytes(t) for t in iter_constants(graph)) + constant_node_bytes(graph)
-
-
-class WeightCount(Instrument):
-    """Sets Report.bytes_before/after and each PassRecord's bytes with `weight_bytes`."""
-
-    def __init__(self) -> None:
-        self._pipeline_before = 0
-        self._pass_before = 0
-
-    def before_pipeline(self, model: Model, ctx: PassContext) -> None:
-        self._pipeline_before = weight_bytes(model)
-
-    def before_pass(self, p: Pass, model: Model, ctx: PassContext) -> None:
-        self._pass_before = weight_bytes(model)
-
-    def after_pass(self, p: Pass, model: Model, ctx: PassContext, record: PassRecord) -> None:
-        record.bytes_before = self._pass_before
-        record.bytes_after = weight_bytes(model)
-
-    def after_pipeline(self, model: Model, ctx: PassContext, report: Report) -> None:
-        report.bytes_before = self._pipeline_before
-        report.bytes_after = weight_bytes(model)

@@ -69,8 +69,7 @@ def run(args: argparse.Namespace) -> int:
         stage_profiler = StageProfiler(ctx.input_shapes)
         instruments.append(stage_profiler)  # after verification: sees reverted passes
     # --- report/json (issue 17): weights in Constant nodes count; hints on unfused patterns
-    from ..analysis.hints import FusionHints
-    from ..analysis.weights import WeightCount
+    from ..instruments.counts import FusionHints, WeightCount
 
     instruments += [WeightCount(), FusionHints()]  # last: a reverted pass counts as reverted
     # --- end report/json
