@@ -96,21 +96,19 @@ def _with_checked_samples(ctx: PassContext, model: onnx.ModelProto) -> PassConte
 def check_model(proto: onnx.ModelProto, *, what: str, strict: bool = False) -> bool:
     """Structural checks. Cycles and undefined inputs are errors; the rest of
     onnx.checker's complaints are errors only when `strict` (the input passed them). The
-    checker sees the model without its large weights (graphopt.runtime.checker_skeleton);
-    a model over 2 GB even so is not checked (False)."""
+    checker sees the model without its large weights (graphopt.runtime.check); a model
+    over 2 GB even so is not checked (False)."""
     from .ir import validate_structure
-    from .runtime import checker_skeleton
+    from .runtime import TOO_LARGE, check
 
     validate_structure(proto.graph)
-    try:
-        skeleton = checker_skeleton(proto)
-        if skeleton.ByteSize() > io.EXTERNAL_DATA_THRESHOLD:
-            return False  # the in-memory checker cannot take models over 2 GB
-        onnx.checker.check_model(skeleton)
-    except onnx.checker.ValidationError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else "invalid model"
-        if strict:
-            raise GraphoptError(f"{what} fails onnx.checker: {first}") from e
-        log.warning("%s fails onnx.checker: %s", what, first)
-        return False
-    return True
+    reason = check(proto, load=False)
+    if reason is None:
+        return True
+    if reason == TOO_LARGE:
+        return False  # the in-memory checker cannot take models over 2 GB
+    first = reason.removeprefix("onnx.checker: ")
+    if strict:
+        raise GraphoptError(f"{what} fails onnx.checker: {first}")
+    log.warning("%s fails onnx.checker: %s", what, first)
+    return False
