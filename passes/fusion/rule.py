@@ -137,32 +137,36 @@ class Rule(Pass):
             return f"needs opset <= {hi}"
         return None
 
+    def candidates(self, model: Model, ctx: PassContext):
+        """(scope, its candidates) for each (sub)graph; the candidates, read lazily, are
+        (node, match) for every live anchor node whose `match` is not None (a reason or a
+        match), so a rewrite made between two of them is seen by the next."""
+        shapes, types = inferred_shapes(model) if self.needs_shapes else ({}, {})
+        for graph in list(iter_graphs(model.graph)):
+            scope = Scope(graph, model, ctx, shapes, types)
+            yield scope, self._matches(scope)
+
+    def _matches(self, scope: Scope):
+        for node in list(scope.graph.nodes):
+            if id(node) in scope.dead or node.op not in self.anchor or not std(node):
+                continue
+            m = self.match(scope, node)
+            if m is not None:
+                yield node, m
+
     def found(self, model: Model, ctx: PassContext) -> bool:
         """Whether some candidate would be rewritten at an opset the rule emits for."""
-        shapes, types = inferred_shapes(model) if self.needs_shapes else ({}, {})
-        for graph in iter_graphs(model.graph):
-            scope = Scope(graph, model, ctx, shapes, types)
-            for node in graph.nodes:
-                m = self.match(scope, node) if node.op in self.anchor and std(node) else None
-                if m is not None and not isinstance(m, str) and not self.check(scope, node, m):
-                    return True
-        return False
+        return any(not isinstance(m, str) and not self.check(scope, node, m)
+                   for scope, matches in self.candidates(model, ctx) for node, m in matches)
 
     def run(self, model: Model, ctx: PassContext) -> PassResult:
         too_old = self.opset_refusal(model, ctx)
         if too_old is False or not any(n.op in self.anchor and std(n) for n in iter_nodes(model.graph)):
             return PassResult(False, {self.stat: 0})  # nothing to match: skip shape inference
-        shapes, types = inferred_shapes(model) if self.needs_shapes else ({}, {})
         fired, reasons = 0, Counter()
-        for graph in list(iter_graphs(model.graph)):
-            scope = Scope(graph, model, ctx, shapes, types)
+        for scope, matches in self.candidates(model, ctx):
             here = 0
-            for node in list(graph.nodes):
-                if id(node) in scope.dead or node.op not in self.anchor or not std(node):
-                    continue
-                m = self.match(scope, node)
-                if m is None:
-                    continue
+            for node, m in matches:
                 why = m if isinstance(m, str) else too_old or self.check(scope, node, m)
                 if why:
                     reasons[why] += 1
@@ -171,7 +175,7 @@ class Rule(Pass):
                 here += 1
             scope.finish()
             if here:
-                remove_dead_nodes(graph)
+                remove_dead_nodes(scope.graph)
             fired += here
         stats: dict[str, Any] = {self.stat: fired, "refused": sum(reasons.values())}
         if reasons:
