@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 
 from .errors import GraphoptError
-from .tuning import DEFAULT_TUNE_SHARE
+from .tuning import DEFAULT_TUNE_SHARE, SPIN_ENV
 
 if TYPE_CHECKING:
     from .codegen import Target
@@ -39,7 +39,7 @@ def require_tvm():
     # TVM's thread pool spins by default; graphopt's onnxruntime sessions do not
     # (allow_spinning=0), so neither does TVM: on a shared machine a spinning pool
     # measured 15.5 ms vs 1.4 ms for the tuned digits CNN (benchmarks/results/compile.md)
-    os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", "0")
+    os.environ.setdefault(SPIN_ENV, "0")
     try:
         import tvm
         from tvm import relax  # noqa: F401
