@@ -14,11 +14,15 @@ HardSwish(x) = x * h is DQ(q) * DQ(h) -> Q, which onnxruntime runs as one QLinea
 Two passes (an integer Clip and a QLinearMul) instead of four, no new rounding: on
 225,792 uint8 elements, one thread, 49 us instead of 88 us (AMD EPYC, onnxruntime 1.32).
 
-To make k an integer, x's scale grows from s to 3 / floor(3 / s), and its range is widened
-to reach -3 if it did not (the zero point z - k must be a valid integer). Both coarsen
-x's quantization step; the rewrite is made only when the step grows by at most
-MAX_STEP_GROWTH, otherwise the HardSwish stays float. On trained models (activation
-ranges of a few units: 3 / s in the tens) the step grows by a few percent.
+To make k an integer, x's scale grows from s to 3 / floor(3 / s), and its range must reach
+-3 (the zero point z - k must be a valid integer). When the quantized x feeds only this
+HardSwish, the range starts at exactly -3: HardSwish is 0 for every x <= -3, so saturating
+x there changes no output, and the step gets finer (after BatchNorm the calibrated minimum
+is often -5 to -10); the Clip's lower bound is then the integer type's minimum. When x is
+read elsewhere too, its range is widened to reach -3 if it did not. Both coarsen x's step;
+the rewrite is made only when the step grows by at most MAX_STEP_GROWTH, otherwise the
+HardSwish stays float. On trained models (activation ranges of a few units: 3 / s in the
+tens) the step grows by a few percent.
 """
 
 from __future__ import annotations
@@ -32,11 +36,13 @@ MAX_STEP_GROWTH = 1.25
 _LIMITS = {np.dtype(np.uint8): (0, 255), np.dtype(np.int8): (-128, 127)}
 
 
-def _int_params(s: float, z: int, qmin: int, qmax: int) -> tuple[float, int, int] | None:
+def _int_params(s: float, z: int, qmin: int, qmax: int, only_hardswish: bool = False
+                ) -> tuple[float, int, int] | None:
     """(scale, zero point, k) for x, with 3 / scale == k an integer and z - k >= qmin,
-    covering x's current range; None when that coarsens the step by > MAX_STEP_GROWTH."""
+    covering x's current range (from -3 up, when x feeds only the HardSwish); None when
+    that coarsens the step by > MAX_STEP_GROWTH."""
     lo, hi = s * (qmin - z), s * (qmax - z)
-    lo = min(lo, -3.0)
+    lo = -3.0 if only_hardswish else min(lo, -3.0)
     hi = max(hi, 0.0)
     step = (hi - lo) / (qmax - qmin)
     k = math.floor(3.0 / step)
@@ -75,7 +81,9 @@ def integer_hardswish(g: gs.Graph, namer) -> int:
             continue
         dtype = np.asarray(zp.values).dtype
         qmin, qmax = _LIMITS[dtype]
-        p = _int_params(float(np.asarray(sc.values)), int(np.asarray(zp.values)), qmin, qmax)
+        # x read by nothing but this HardSwish: its values below -3 do not matter
+        only = len(q.outputs) == 1 and len(a.outputs) == 1
+        p = _int_params(float(np.asarray(sc.values)), int(np.asarray(zp.values)), qmin, qmax, only)
         if p is None:
             continue
         s2, z2, k = p

@@ -152,7 +152,8 @@ def regions(b: Builder, skip: set[str], feed: dict | None = None) -> list[Region
 
 
 def choose(fp32: onnx.ModelProto, q: onnx.ModelProto, builder: Builder, skip: set[str], feed: dict,
-           stats: dict, need: float, use_cache: bool) -> tuple[onnx.ModelProto | None, set[str]]:
+           stats: dict, need: float, use_cache: bool, threads: int = 2
+           ) -> tuple[onnx.ModelProto | None, set[str]]:
     """Keep INT8 only where it is measured faster than `fp32` by min_speedup, at batch 1
     and at the samples' batch (where the leading dim is free). Candidate sets of
     quantized nodes are tried in a fixed order (see _configs); each is timed
@@ -161,7 +162,8 @@ def choose(fp32: onnx.ModelProto, q: onnx.ModelProto, builder: Builder, skip: se
     the chosen one only when its interval lies entirely above the chosen one's. A set
     measured inconclusive with its median above min_speedup is measured once more, three
     times longer (a busy machine widens the interval), and judged on that measurement
-    alone. An inconclusive measurement never picks INT8: the model stays float."""
+    alone. An inconclusive measurement never picks INT8: the model stays float. Sessions
+    use `threads` intra-op threads (the deployment's: the ranking of sets can change with it)."""
     feeds = _feeds(fp32, feed)
     ref_session = None
     ref_bytes = fp32.SerializeToString()
@@ -173,11 +175,11 @@ def choose(fp32: onnx.ModelProto, q: onnx.ModelProto, builder: Builder, skip: se
         worst = None
         new_bytes = model.SerializeToString()
         for f in feeds:
-            key = _timing.cache_key(ref_bytes, new_bytes, f) if use_cache else None
+            key = _timing.cache_key(ref_bytes, new_bytes, f, threads) if use_cache else None
             sp = _timing.cached(key) if key else None
             if sp is None:
-                ref_session = ref_session or _timing.session(fp32)
-                sess = sess or _timing.session(model)
+                ref_session = ref_session or _timing.session(fp32, threads)
+                sess = sess or _timing.session(model, threads)
                 sp = _timing.paired_speedup(ref_session, sess, f, need=need)
                 if sp.verdict(need) == "inconclusive" and sp.ratio >= need:
                     # promising but undecided (a busy machine widens the interval): one
@@ -202,7 +204,7 @@ def choose(fp32: onnx.ModelProto, q: onnx.ModelProto, builder: Builder, skip: se
             cand = builder.build(cfg_skip)
             try:  # the timing session doubles as the onnxruntime half of runtime.check
                 onnx.checker.check_model(cand)
-                sess = _timing.session(cand)
+                sess = _timing.session(cand, threads)
             except Exception as e:
                 log.info("quant: cost set %s is not a valid model (%s); skipped", label, str(e).splitlines()[0][:200])
                 continue

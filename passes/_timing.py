@@ -4,7 +4,8 @@ A lossy pass may keep its rewrite only when it is measurably faster than the inp
 by a factor `need` (min_speedup). A single median compared with `need` flips from run to
 run whenever the true ratio sits near `need` or the machine is busy. The rule here:
 
-- the two models run interleaved in onnxruntime (2 intra-op threads, spinning off), in
+- the two models run interleaved in onnxruntime (2 intra-op threads unless the caller
+  says how many the deployment uses; spinning off), in
   rounds that alternate which goes first; every timed sample repeats a fast model until
   it lasts >= ~10 ms, so timer and call overhead do not decide;
 - each round gives one paired ratio t_ref / t_new (both taken within milliseconds of each
@@ -164,9 +165,10 @@ def cache_path() -> Path:
     return Path(root) / "quant-timing.json"
 
 
-def cache_key(ref_bytes: bytes, new_bytes: bytes, feed: dict) -> str:
+def cache_key(ref_bytes: bytes, new_bytes: bytes, feed: dict, threads: int = 2) -> str:
     h = hashlib.sha256()
-    for b in (ref_bytes, new_bytes, _machine().encode(),
+    # (2 threads, the default, adds nothing: keys recorded before `threads` existed still match)
+    for b in (ref_bytes, new_bytes, _machine().encode() + (b"" if threads == 2 else f"; {threads} threads".encode()),
               repr(sorted((k, tuple(np.shape(v)), str(np.asarray(v).dtype)) for k, v in feed.items())).encode()):
         h.update(hashlib.sha256(b).digest())
     return h.hexdigest()

@@ -47,7 +47,7 @@ import logging
 
 import onnx
 
-from graphopt import Model, Option, Pass, PassContext, PassResult, register_pass, runtime
+from graphopt import GraphoptError, Model, Option, Pass, PassContext, PassResult, register_pass, runtime
 from graphopt.pipeline import budget_options
 
 from . import _lossy, _qregions
@@ -79,6 +79,8 @@ class Quantize(Pass):
         "measure": Option(bool, True, "time the result and drop quantization that does not pay"),
         "min_speedup": Option(float, 1.05, "with measure: keep INT8 only when at least this much faster than "
                               "float (a margin over timing noise)"),
+        "threads": Option(int, 2, "with measure: onnxruntime intra-op threads to time with (the deployment's; "
+                          "INT8 kernels and FP32 ones do not gain alike from a second thread)"),
         "cost_cache": Option(bool, True, "with measure: reuse this machine's earlier measurement of the same "
                              "models ($GRAPHOPT_CACHE_DIR/quant-timing.json), so a verdict near min_speedup "
                              "does not flip between runs"),
@@ -88,6 +90,11 @@ class Quantize(Pass):
         "max_trials": Option(int, 48, "at most this many model runs for the accuracy search"),
         "prefuse": Option(bool, True, "fold BatchNorm / affine / Pad into convolutions before quantizing"),
     }
+
+    def __init__(self, **opts):
+        super().__init__(**opts)
+        if self.threads < 1:
+            raise GraphoptError(f"pass 'quant': threads must be >= 1, got {self.threads}")
 
     # ------------------------------------------------------------------ driver
     def run(self, model: Model, ctx: PassContext) -> PassResult:
@@ -165,7 +172,9 @@ class Quantize(Pass):
         # cost: never slower than FP32 on onnxruntime
         if self.measure:
             q, skip = _qregions.choose(fp32, q, builder, skip, samples[0], stats, self.min_speedup,
-                                       self.cost_cache)
+                                       self.cost_cache, self.threads)
+            if self.threads != 2:
+                stats["cost_threads"] = self.threads
             if q is None:
                 return PassResult(False, stats)
         stats["quantized"] = len(builder.candidates) - len(skip)
