@@ -296,3 +296,77 @@ def test_verify_samples_wrong_input_name_exit_2(tmp_path, capsys):
     assert rc == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "has no array for model input(s) input (it has: x)" in lines[0], err
+
+
+# ------------------------------------------------------------------ issue 16: quant's INT8 decisions
+
+
+def _quant_run(stats: dict) -> graphopt.Report:
+    rep = graphopt.Report(nodes_before=9, nodes_after=30, bytes_before=1000, bytes_after=300, seconds=2.0)
+    rep.records.append(graphopt.PassRecord("dce", "dce", "exact", None, 0, False, {"nodes_removed": 0},
+                                           9, 9, 1000, 1000, 0.01))
+    rep.records.append(graphopt.PassRecord("quant", "quant(method=minmax)", "lossy", None, 0, True, stats,
+                                           9, 30, 1000, 300, 2.0))
+    return rep
+
+
+_QUANT_STATS = {
+    "regions": {
+        "R0 (Conv; 0.10 M dense + 0.00 M depthwise MACs, 64 Q/DQ elements)":
+            "float: convolution on a graph input (INT8 im2col-bound, adds a quantize)",
+        "R1 (Addx2, Convx6; 0.67 M dense + 0.00 M depthwise MACs, 96 Q/DQ elements)":
+            "int8 (in the chosen set 'convolutions on float inputs float', measured 1.21x [1.19, 1.22] over 69 rounds)",
+        "R2 (Gemm; 0.01 M dense + 0.00 M depthwise MACs, 42 Q/DQ elements)":
+            "int8 (in the chosen set 'convolutions on float inputs float', measured 1.21x [1.19, 1.22] over 69 rounds)",
+        "R3 (Conv; 0.10 M dense + 0.00 M depthwise MACs, 64 Q/DQ elements)":
+            "float: convolution on a graph input (INT8 im2col-bound, adds a quantize)",
+    },
+    "cost_trials": ["all candidates: 1.10x [1.08, 1.12] over 55 rounds -> inconclusive",
+                    "convolutions on float inputs float: 1.21x [1.19, 1.22] over 69 rounds -> faster"],
+    "cost_choice": "convolutions on float inputs float",
+    "latency_ratio": 1.21, "latency_ratio_interval": [1.19, 1.22],
+    "left_float": {"conv5": "sensitive (alone: 0.7 of the budget)"}, "kept_float_for_accuracy": ["conv5"],
+}
+
+
+def test_summary_has_one_line_for_quants_regions(capsys):
+    from graphopt.cli.run import print_report
+
+    print_report(_quant_run(dict(_QUANT_STATS)), "o.onnx")
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("quant(method=minmax): ")]
+    assert lines == [(
+        "quant(method=minmax): 2/4 regions int8 (set 'convolutions on float inputs float', measured 1.21x "
+        "[1.19, 1.22]); 2 float: R0 (Conv), R3 (Conv): convolution on a graph input (INT8 im2col-bound, "
+        "adds a quantize); 1 node(s) kept float for accuracy")], lines
+
+
+def test_summary_says_when_quant_kept_the_model_float(capsys):
+    from graphopt.cli.run import print_report
+
+    why = "INT8 not shown faster than FP32 by 1.05x on onnxruntime (all candidates: 1.03x [0.91, 1.13]); model kept in float"
+    stats = {"reverted": why, "latency_ratio": 1.03,
+             "regions": {"R0 (Gemm; 0.00 M dense + 0.00 M depthwise MACs, 42 Q/DQ elements)":
+                         "float: no set of regions measured faster than FP32"}}
+    print_report(_quant_run(stats), "o.onnx")
+    out = capsys.readouterr().out
+    assert f"quant(method=minmax): kept float: {why}\n" in out
+    assert "regions int8" not in out
+
+
+def test_quant_line_is_not_shown_with_quiet_or_json(model_file, tmp_path, capsys, monkeypatch):
+    from graphopt import api
+
+    def fake(model, output, *a, **k):  # quant's record without timing anything
+        onnx.save(onnx.load(model), output)
+        return str(output), _quant_run(dict(_QUANT_STATS))
+
+    monkeypatch.setattr(api, "optimize_file", fake)
+    out = tmp_path / "o.onnx"
+    assert main([str(model_file), "-p", "quant", "-o", str(out)]) == 0
+    assert "quant(method=minmax): 2/4 regions int8" in capsys.readouterr().out
+    assert main([str(model_file), "-p", "quant", "-o", str(out), "-q"]) == 0
+    cap = capsys.readouterr()
+    assert cap.out == "" and cap.err == ""
+    assert main([str(model_file), "-p", "quant", "-o", str(out), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)  # the JSON document alone, the regions in its stats
+    assert data["passes"][1]["stats"]["regions"] == _QUANT_STATS["regions"]

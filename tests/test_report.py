@@ -378,3 +378,89 @@ def test_report_keeps_the_runs_hints_for_another_target(tmp_path):
                    "-q", "--no-verify", "--report", str(tmp_path / "r.json")])
     assert rc == 0
     assert json.loads((tmp_path / "r.json").read_text())["hints"] == []
+
+
+# ------------------------------------------------------------------ issue 16: quant's INT8 decisions
+
+_QUANT_STATS = {
+    "mode": "static",
+    "regions": {
+        "R0 (Conv; 0.10 M dense + 0.00 M depthwise MACs, 64 Q/DQ elements)":
+            "float: convolution on a graph input (INT8 im2col-bound, adds a quantize)",
+        "R1 (Addx2, Convx6; 0.67 M dense + 0.00 M depthwise MACs, 96 Q/DQ elements)":
+            "int8 (in the chosen set 'convolutions on float inputs float (input)', "
+            "measured 1.21x [1.19, 1.22] over 69 rounds)",
+        "R2 (Gemm, Relu; 0.01 M dense + 0.00 M depthwise MACs, 42 Q/DQ elements)":
+            "int8 (1/2 nodes; the rest float: no speedup from INT8 there)",
+    },
+    "cost_trials": [
+        "all candidates: 1.10x [1.08, 1.12] over 55 rounds -> inconclusive",
+        "convolutions on float inputs float (input): 1.21x [1.19, 1.22] over 69 rounds -> faster",
+        "element-wise/pooling ops float: 0.90x [0.85, 0.95] over 40 rounds -> slower",
+    ],
+    "cost_choice": "convolutions on float inputs float (input)",
+    "latency_ratio": 1.21,
+    "latency_ratio_interval": [1.19, 1.22],
+    "left_float": {"conv0": "cost: convolution on a graph input", "conv5": "sensitive (alone: 0.7 of the budget)"},
+    "kept_float_for_accuracy": ["conv5"],
+}
+
+
+def _quant_report(stats: dict) -> dict:
+    rep = graphopt.Report(nodes_before=9, nodes_after=30, bytes_before=1000, bytes_after=300, seconds=2.0)
+    rep.records.append(graphopt.PassRecord("quant", "quant", "lossy", None, 0, True, dict(stats),
+                                           9, 30, 1000, 300, 2.0))
+    return build_report(rep, spec="quant")
+
+
+def test_quant_regions_show_int8_or_float_and_why():
+    """One row per region: the region, int8 or float (styled), and why; then the measured
+    candidate sets with the chosen one marked, and the nodes kept float for accuracy."""
+    text = render_html(_quant_report(_QUANT_STATS))
+    sec = re.search(r'<section id="int8">(.*?)</section>', text, re.DOTALL)
+    assert sec, "no INT8 section"
+    sec = sec.group(1)
+    rows = re.findall(r"<tr>(<td.*?)</tr>", re.search(r'<table class="stack" id="int8-regions">.*?</table>',
+                                                   sec, re.DOTALL).group(0))
+    cells = [[re.sub(r"<[^>]+>", "", c) for c in re.findall(r"<td[^>]*>(.*?)</td>", r)] for r in rows]
+    assert [c[1] for c in cells] == ["float", "int8", "int8"], cells
+    assert cells[0][0].startswith("R0 (Conv;") and \
+        cells[0][2] == "convolution on a graph input (INT8 im2col-bound, adds a quantize)"
+    assert cells[1][2] == "in the chosen set &#x27;convolutions on float inputs float (input)&#x27;, " \
+                          "measured 1.21x [1.19, 1.22] over 69 rounds"
+    assert cells[2][2] == "1/2 nodes; the rest float: no speedup from INT8 there"
+    assert '<span class="skip">float</span>' in rows[0] and '<span class="ok">int8</span>' in rows[1]
+    assert "2 of 3 region(s) INT8" in sec and "1.21x [1.19, 1.22]" in sec
+    trials = re.findall(r"<li[^>]*>(.*?)</li>", re.search(r'<ul id="int8-trials">(.*?)</ul>', sec).group(1))
+    assert len(trials) == 3 and "(chosen)" in trials[1] and not any("chosen" in t for t in (trials[0], trials[2]))
+    accuracy = re.search(r'<ul id="int8-accuracy">(.*?)</ul>', sec).group(1)
+    assert "conv5" in accuracy and "sensitive (alone: 0.7 of the budget)" in accuracy and "conv0" not in accuracy
+    # the section sits after the pipeline, before verification; nothing about the model kept float
+    assert text.index('id="pipeline"') < text.index('id="int8"') < text.index('id="verification"')
+    assert "stays float" not in sec
+
+
+def test_quant_kept_float_says_so_at_the_top():
+    why = ("INT8 not shown faster than FP32 by 1.05x on onnxruntime (all candidates: 1.03x [0.91, 1.13] "
+           "over 121 rounds); model kept in float")
+    stats = {"cost_trials": ["all candidates: 1.03x [0.91, 1.13] over 121 rounds -> inconclusive"],
+             "reverted": why, "latency_ratio": 1.03,
+             "regions": {"R0 (Gemm; 0.00 M dense + 0.00 M depthwise MACs, 42 Q/DQ elements)":
+                         "float: no set of regions measured faster than FP32"}}
+    text = render_html(_quant_report(stats))
+    sec = re.search(r'<section id="int8"><h2>INT8 decisions \(quant\)</h2>(.*?)</section>', text, re.DOTALL).group(1)
+    assert sec.startswith('<p class="note">INT8 not kept, the model stays float: INT8 not shown faster')
+    assert "0 of 1 region(s) INT8" in sec and "no set of regions measured faster than FP32" in sec
+    assert "(chosen)" not in sec and "int8-accuracy" not in sec
+    # a run without quant's decisions has no such section
+    assert 'id="int8' not in render_html(_unchanged_report())
+
+
+@needs_chromium
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_quant_section_fits_the_window(tmp_path, size):
+    page = write_report(tmp_path / "quant.html", _quant_report(_QUANT_STATS))
+    assert 'id="int8-regions"' in Path(page).read_text()
+    attrs = _rendered(Path(page), tmp_path, size)
+    assert attrs["data-rendered"] == "ok", attrs
+    assert attrs["data-overflow"] == "none", (size, attrs)

@@ -8,8 +8,9 @@ report's parts filled in. The HTML page has no external resources (inline CSS an
 here; no scripts from a CDN), so it opens offline or attached to a CI run. What a reader sees
 first: summary cards (nodes, weights, MACs, latency p50 with its p90 and the number of runs,
 verification), hints (fusions an option would enable), the passes that changed the model
-(the unchanged ones folded into one "N passes unchanged" line), and a before/after drawing of
-the changed region of the graph (graphopt.graphview). Then verification details with
+(the unchanged ones folded into one "N passes unchanged" line), a before/after drawing of
+the changed region of the graph (graphopt.graphview), and quant's INT8 decision per region
+with the candidate sets it measured (when its stats hold `regions`). Then verification details with
 per-layer errors of lossy passes (``stats["per_layer_error"]``, relative L2 per layer, in %),
 the input and output profiles side by side, charts per stage (nodes, weights, latency p50 with
 a p90 whisker, MACs) and FLOPs by op type, and notes (each once). Every chart is drawn in a
@@ -18,7 +19,8 @@ narrow screen. The page writes its own layout check onto <body> (data-rendered,
 data-overflow: anything wider than the window), which tests read in headless chromium.
 
 The package: the data and the one call the CLI makes (here), the HTML page (`page`), the
-SVG bar charts (`charts`); number formatting is shared with the CLI (graphopt._format).
+SVG bar charts (`charts`), quant's decisions for the page and the CLI's summary line
+(`quant`); number formatting is shared with the CLI (graphopt._format).
 """
 
 from __future__ import annotations

@@ -282,6 +282,8 @@ def _stats_text(stats: dict) -> str:
 
 def render_html(data: dict) -> str:
     """The report as one self-contained HTML page."""
+    from .quant import quant_sections  # (it draws with this module's _table)
+
     s = data["summary"]
     pin = (data.get("profiles") or {}).get("input")
     pout = (data.get("profiles") or {}).get("output")
@@ -365,6 +367,7 @@ def render_html(data: dict) -> str:
     pipe.append("</section>")
     parts.extend(pipe)
     parts.append(_graph_section(data.get("graph")))
+    parts.append(quant_sections(data))  # quant's per-region INT8 decisions (issue 16)
 
     # verification details
     vrows, vlabels, ratios, rcolors = [], [], [], []
