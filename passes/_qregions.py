@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 CHEAP_OPS = ACT_OPS  # removed first when quantization does not pay
 QDQ_COSTS = (4.0, 16.0, 64.0, 256.0)
 RETRY_SECONDS = 3.0  # paired_speedup's default budget; a promising inconclusive set gets 3x that once
+# a later set whose interval against FP32 overlaps the chosen one's, with a higher median, is
+# timed head to head against the chosen set and replaces it when at least this much faster
+SWITCH_MARGIN = 1.03
 
 
 class Region:
@@ -159,8 +162,11 @@ def choose(fp32: onnx.ModelProto, q: onnx.ModelProto, builder: Builder, skip: se
     quantized nodes are tried in a fixed order (see _configs); each is timed
     against FP32 (passes/_timing: paired interleaved rounds, median, 99% interval).
     A set counts only when its whole interval clears min_speedup; a later set replaces
-    the chosen one only when its interval lies entirely above the chosen one's. A set
-    measured inconclusive with its median above min_speedup is measured once more, three
+    the chosen one when its interval lies entirely above the chosen one's, or, when the two
+    intervals overlap and its median is higher, when it is measured faster than the chosen
+    set head to head (paired rounds of the two INT8 models, the whole interval above
+    SWITCH_MARGIN): a direct comparison is far tighter than two intervals against FP32, so
+    which set wins does not hang on the noise of either. A set measured inconclusive with its median above min_speedup is measured once more, three
     times longer (a busy machine widens the interval), and judged on that measurement
     alone. An inconclusive measurement never picks INT8: the model stays float. Sessions
     use `threads` intra-op threads (the deployment's: the ranking of sets can change with it)."""
@@ -170,18 +176,26 @@ def choose(fp32: onnx.ModelProto, q: onnx.ModelProto, builder: Builder, skip: se
     reused = []
     remeasured = []
 
-    def speed(model, sess=None):  # the worst feed decides
+    def speed(model, sess=None, against=None):  # the worst feed decides
+        """`model` timed against FP32, or head to head against `against` (model, session)."""
         nonlocal ref_session
         worst = None
         new_bytes = model.SerializeToString()
+        base_bytes = ref_bytes if against is None else against[0].SerializeToString()
+        bar = need if against is None else SWITCH_MARGIN
         for f in feeds:
-            key = _timing.cache_key(ref_bytes, new_bytes, f, threads) if use_cache else None
+            key = _timing.cache_key(base_bytes, new_bytes, f, threads) if use_cache else None
             sp = _timing.cached(key) if key else None
             if sp is None:
-                ref_session = ref_session or _timing.session(fp32, threads)
+                if against is None:
+                    ref_session = ref_session or _timing.session(fp32, threads)
+                    base = ref_session
+                else:
+                    base = against[1] or _timing.session(against[0], threads)
+                    against = (against[0], base)
                 sess = sess or _timing.session(model, threads)
-                sp = _timing.paired_speedup(ref_session, sess, f, need=need)
-                if sp.verdict(need) == "inconclusive" and sp.ratio >= need:
+                sp = _timing.paired_speedup(base, sess, f, need=bar)
+                if against is None and sp.verdict(need) == "inconclusive" and sp.ratio >= need:
                     # promising but undecided (a busy machine widens the interval): one
                     # longer measurement, judged alone by the same rule
                     sp = _timing.paired_speedup(ref_session, sess, f, need=need, seconds=3 * RETRY_SECONDS,
@@ -196,7 +210,8 @@ def choose(fp32: onnx.ModelProto, q: onnx.ModelProto, builder: Builder, skip: se
         return worst
 
     tried = []
-    best = None  # (label, q, skip, Speedup, why)
+    head_to_head = []
+    best = None  # (label, q, skip, Speedup, why, session)
     regs = regions(builder, skip, feeds[0])
     for label, cfg_skip, why in _configs(builder, skip, regs):
         cand, sess = q, None
@@ -215,8 +230,18 @@ def choose(fp32: onnx.ModelProto, q: onnx.ModelProto, builder: Builder, skip: se
         if verdict != "faster":
             continue
         if best is None or sp.lo > best[3].hi:
-            best = (label, cand, cfg_skip, sp, why)
+            best = (label, cand, cfg_skip, sp, why, sess)
+        elif sp.ratio > best[3].ratio:
+            h2h = speed(cand, sess, against=(best[1], best[5]))
+            won = h2h.verdict(SWITCH_MARGIN) == "faster"
+            head_to_head.append(f"{label} vs {best[0]}: {h2h.describe()} -> "
+                                f"{'replaces it' if won else 'kept ' + repr(best[0])}")
+            log.info("quant: head to head: %s", head_to_head[-1])
+            if won:
+                best = (label, cand, cfg_skip, sp, why, sess)
     stats["cost_trials"] = [f"{label}: {sp.describe()} -> {verdict}" for label, sp, verdict in tried]
+    if head_to_head:
+        stats["cost_head_to_head"] = head_to_head
     if reused:
         stats["cost_cache"] = f"{len(reused)} measurement(s) reused from {_timing.cache_path()}"
     if remeasured:
@@ -230,7 +255,7 @@ def choose(fp32: onnx.ModelProto, q: onnx.ModelProto, builder: Builder, skip: se
         stats["latency_ratio"] = round(tried[0][1].ratio, 3) if tried else 0.0
         stats["regions"] = {r.describe(): "float: no set of regions measured faster than FP32" for r in regs}
         return None, skip
-    label, cand, cfg_skip, sp, why = best
+    label, cand, cfg_skip, sp, why, _ = best
     for n in cfg_skip - skip:
         stats["left_float"][n] = why.get(n, "cost")
     stats["cost_choice"] = label

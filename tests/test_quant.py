@@ -123,15 +123,30 @@ def test_inconclusive_timing_keeps_float(monkeypatch):
 
 
 def test_later_cost_config_must_be_clearly_faster(monkeypatch):
-    """Configurations are tried in a fixed order; a later one replaces an accepted one only
-    when its whole interval lies above the accepted one's."""
+    """Configurations are tried in a fixed order; a later one replaces an accepted one when
+    its whole interval lies above the accepted one's, or, when the intervals overlap and its
+    median is higher, when a head-to-head measurement of the two INT8 models puts it
+    faster by the whole interval above SWITCH_MARGIN."""
+    from graphopt.passes._qregions import SWITCH_MARGIN
+
     m, _, _, calib = _digits()
-    _fake_speed(monkeypatch, [(1.5, 1.3, 1.7), (1.6, 1.35, 1.9)])  # overlapping: keep the first
+    # (each measurement runs on two feeds, batch 1 and the samples' batch: two calls each)
+    # overlapping, head to head inconclusive: keep the first
+    calls = _fake_speed(monkeypatch, [(1.5, 1.3, 1.7)] * 2 + [(1.6, 1.35, 1.9)] * 2 + [(1.01, 0.98, 1.05)])
     q, res = _quant(m, calib)
     assert res.changed and res.stats["cost_choice"] == "all candidates"
-    _fake_speed(monkeypatch, [(1.5, 1.3, 1.7), (2.2, 1.9, 2.5)])  # clearly faster: take it
+    assert len(calls) >= 6 and "kept 'all candidates'" in res.stats["cost_head_to_head"][0]
+    # overlapping, head to head clearly faster: take it
+    _fake_speed(monkeypatch, [(1.5, 1.3, 1.7)] * 2 + [(1.6, 1.35, 1.9)] * 2
+                + [(1.2, SWITCH_MARGIN + 0.05, 1.3)] * 2 + [(1.01, 0.98, 1.05)])
+    q, res = _quant(m, calib, cost_cache=False)
+    assert res.changed and res.stats["cost_choice"] != "all candidates"
+    assert "replaces it" in res.stats["cost_head_to_head"][0]
+    # whole interval above the first's: taken without a head-to-head measurement
+    _fake_speed(monkeypatch, [(1.5, 1.3, 1.7), (2.2, 1.9, 2.5)])
     q, res = _quant(m, calib, cost_cache=False)  # (not the first call's cached measurements)
     assert res.changed and res.stats["cost_choice"] != "all candidates"
+    assert "cost_head_to_head" not in res.stats
     assert any(why.startswith("cost") for why in res.stats["left_float"].values())
 
 

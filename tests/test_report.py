@@ -15,6 +15,7 @@ import pytest
 
 import graphopt
 from graphopt import Pass, PassContext, PassManager, PassResult, register_pass
+from graphopt._format import esc
 from graphopt.analysis import profile_model
 from graphopt.instruments.stages import StageProfiler
 from graphopt.cli import main as cli_main
@@ -435,6 +436,11 @@ def test_quant_regions_show_int8_or_float_and_why():
     assert len(trials) == 3 and "(chosen)" in trials[1] and not any("chosen" in t for t in (trials[0], trials[2]))
     accuracy = re.search(r'<ul id="int8-accuracy">(.*?)</ul>', sec).group(1)
     assert "conv5" in accuracy and "sensitive (alone: 0.7 of the budget)" in accuracy and "conv0" not in accuracy
+    assert 'id="int8-head-to-head"' not in sec  # none in these stats
+    duel = "element-wise/pooling ops float vs all candidates: 1.01x [0.98, 1.05] over 41 rounds -> kept 'x'"
+    sec2 = re.search(r'<section id="int8">(.*?)</section>',
+                     render_html(_quant_report({**_QUANT_STATS, "cost_head_to_head": [duel]})), re.DOTALL).group(1)
+    assert re.search(r'<ul id="int8-head-to-head"><li>(.*?)</li></ul>', sec2).group(1) == esc(duel)
     # the section sits after the pipeline, before verification; nothing about the model kept float
     assert text.index('id="pipeline"') < text.index('id="int8"') < text.index('id="verification"')
     assert "stays float" not in sec

@@ -4,7 +4,7 @@
 Pass `quant` records them in its stats (passes/_qregions.py `choose()`):
 ``regions`` {region description: "int8 (...)" or "float: why"}, ``cost_trials`` (every
 candidate set measured, "label: 1.10x [1.08, 1.12] over 55 rounds -> verdict"),
-``cost_choice`` (the chosen label), ``latency_ratio`` and ``latency_ratio_interval``,
+``cost_choice`` (the chosen label), ``cost_head_to_head`` (sets timed against the chosen one), ``latency_ratio`` and ``latency_ratio_interval``,
 ``reverted`` (the model was kept float, and why), ``kept_float_for_accuracy`` (node names)
 with their reasons in ``left_float``. Nothing here measures: it only reads those stats.
 """
@@ -115,6 +115,11 @@ def _section(p: dict, ident: str) -> str:
                          else f"<li>{esc(t)}</li>")
         out.append("<p>Candidate sets measured against FP32, in order (speed-up, its interval, "
                    f'verdict):</p><ul id="{esc(ident)}-trials">' + "".join(items) + "</ul>")
+    duels = st.get("cost_head_to_head") or []
+    if duels:
+        out.append("<p>Sets whose intervals overlapped, timed head to head (the later set vs the "
+                   f'chosen one):</p><ul id="{esc(ident)}-head-to-head">'
+                   + "".join(f"<li>{esc(d)}</li>" for d in duels) + "</ul>")
     accuracy = st.get("kept_float_for_accuracy") or []
     if accuracy:
         why = st.get("left_float") or {}
