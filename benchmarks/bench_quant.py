@@ -441,7 +441,7 @@ def main() -> None:
         "",
         f"CPU: {cpu_name()} ({cpu_flags()}), {os.cpu_count()} cores; onnxruntime {ort.__version__}, "
         f"onnx {onnx.__version__}; {args.threads} intra-op thread(s) (column threads), all graph optimizations, allow_spinning=0, "
-        f"batch 1, interleaved runs, median of {runs}. Mode: {'--quick' if args.quick else 'full'}.",
+        f"batch 1, each variant timed in a pair with FP32 (runs interleaved), median of {runs}. Mode: {'--quick' if args.quick else 'full'}.",
         "",
         f"Machine load (1-min load average, {os.cpu_count()} cores) at start {load_start[0]:.1f}, at end "
         f"{os.getloadavg()[0]:.1f}: " + ("BUSY - other processes shared the cores; ratios are noisier than on an idle "
