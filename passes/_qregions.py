@@ -166,9 +166,9 @@ def choose(fp32: onnx.ModelProto, q: onnx.ModelProto, builder: Builder, skip: se
     intervals overlap and its median is higher, when it is measured faster than the chosen
     set head to head (paired rounds of the two INT8 models, the whole interval above
     SWITCH_MARGIN): a direct comparison is far tighter than two intervals against FP32, so
-    which set wins does not hang on the noise of either. A set measured inconclusive with its median above min_speedup is measured once more, three
-    times longer (a busy machine widens the interval), and judged on that measurement
-    alone. An inconclusive measurement never picks INT8: the model stays float. Sessions
+    which set wins does not hang on the noise of either. A set measured inconclusive with
+    its median above min_speedup is measured once more, three times longer (a busy machine
+    widens the interval), and judged on that measurement alone. An inconclusive measurement never picks INT8: the model stays float. Sessions
     use `threads` intra-op threads (the deployment's: the ranking of sets can change with it)."""
     feeds = _feeds(fp32, feed)
     ref_session = None
@@ -176,29 +176,26 @@ def choose(fp32: onnx.ModelProto, q: onnx.ModelProto, builder: Builder, skip: se
     reused = []
     remeasured = []
 
-    def speed(model, sess=None, against=None):  # the worst feed decides
-        """`model` timed against FP32, or head to head against `against` (model, session)."""
+    def speed(model, sess=None, base=None, base_sess=None):
+        """(Speedup of the worst feed, `model`'s session once built): `model` timed against
+        FP32, or head to head against the INT8 model `base`."""
         nonlocal ref_session
         worst = None
         new_bytes = model.SerializeToString()
-        base_bytes = ref_bytes if against is None else against[0].SerializeToString()
-        bar = need if against is None else SWITCH_MARGIN
+        base_bytes, bar = (ref_bytes, need) if base is None else (base.SerializeToString(), SWITCH_MARGIN)
         for f in feeds:
             key = _timing.cache_key(base_bytes, new_bytes, f, threads) if use_cache else None
             sp = _timing.cached(key) if key else None
             if sp is None:
-                if against is None:
-                    ref_session = ref_session or _timing.session(fp32, threads)
-                    base = ref_session
-                else:
-                    base = against[1] or _timing.session(against[0], threads)
-                    against = (against[0], base)
+                if base is None:
+                    ref_session = base_sess = ref_session or _timing.session(fp32, threads)
+                base_sess = base_sess or _timing.session(base, threads)
                 sess = sess or _timing.session(model, threads)
-                sp = _timing.paired_speedup(base, sess, f, need=bar)
-                if against is None and sp.verdict(need) == "inconclusive" and sp.ratio >= need:
+                sp = _timing.paired_speedup(base_sess, sess, f, need=bar)
+                if base is None and sp.verdict(need) == "inconclusive" and sp.ratio >= need:
                     # promising but undecided (a busy machine widens the interval): one
                     # longer measurement, judged alone by the same rule
-                    sp = _timing.paired_speedup(ref_session, sess, f, need=need, seconds=3 * RETRY_SECONDS,
+                    sp = _timing.paired_speedup(base_sess, sess, f, need=need, seconds=3 * RETRY_SECONDS,
                                                 max_rounds=3 * 121)
                     remeasured.append(sp)
                 if key:
@@ -207,7 +204,7 @@ def choose(fp32: onnx.ModelProto, q: onnx.ModelProto, builder: Builder, skip: se
                 reused.append(key)
             if worst is None or sp.ratio < worst.ratio:
                 worst = sp
-        return worst
+        return worst, sess
 
     tried = []
     head_to_head = []
@@ -223,7 +220,7 @@ def choose(fp32: onnx.ModelProto, q: onnx.ModelProto, builder: Builder, skip: se
             except Exception as e:
                 log.info("quant: cost set %s is not a valid model (%s); skipped", label, str(e).splitlines()[0][:200])
                 continue
-        sp = speed(cand, sess)
+        sp, sess = speed(cand, sess)
         verdict = sp.verdict(need)
         tried.append((label, sp, verdict))
         log.info("quant: cost of %s: %s (needs %gx) -> %s", label, sp.describe(), need, verdict)
@@ -232,7 +229,7 @@ def choose(fp32: onnx.ModelProto, q: onnx.ModelProto, builder: Builder, skip: se
         if best is None or sp.lo > best[3].hi:
             best = (label, cand, cfg_skip, sp, why, sess)
         elif sp.ratio > best[3].ratio:
-            h2h = speed(cand, sess, against=(best[1], best[5]))
+            h2h, _ = speed(cand, sess, best[1], best[5])
             won = h2h.verdict(SWITCH_MARGIN) == "faster"
             head_to_head.append(f"{label} vs {best[0]}: {h2h.describe()} -> "
                                 f"{'replaces it' if won else 'kept ' + repr(best[0])}")
