@@ -304,48 +304,26 @@ def occ_fp16(proto, calib):
 
 def measure(variants: dict, feed, runs: int, threads: int = 2) -> tuple[dict[str, float], dict[str, float]]:
     """(median seconds per run, median speed-up over FP32) per variant. Each variant is
-    timed in a pair with FP32, only those two sessions alive: rounds alternate which of
-    the two runs first, and the speed-up is the median over rounds of t_fp32 / t_variant
-    within the same round, so load that changes between rounds (a busy machine) cancels
-    out. A fast model runs `reps` times per timed sample (each sample >= ~5 ms), the same
-    `reps` for both. Pairs, not all variants at once: with eight sessions alive in the
-    process, the INT8 PP-LCNet ran 1.39 ms instead of 1.30 ms and FP32 1.58 instead of
-    1.55 (2 threads, spinning off), so one variant's ratio depended on how many others
-    the benchmark happened to hold."""
-    fp32_times: list[float] = []
+    timed in a pair with FP32, only those two sessions alive, by the paired timing quant's
+    cost check uses (passes/_timing.paired_speedup: rounds alternate which of the two runs
+    first, a fast model repeats until a sample lasts >= 5 ms; the speed-up is the median
+    over rounds of t_fp32 / t_variant within the same round, so load that changes between
+    rounds cancels out), exactly `runs` rounds. FP32's latency is the median over its
+    pairs. Pairs, not all variants at once: with eight sessions alive in the process, the
+    INT8 PP-LCNet ran 1.39 ms instead of 1.30 ms and FP32 1.58 instead of 1.55 (2 threads,
+    spinning off), so one variant's ratio depended on how many others the benchmark held."""
+    from graphopt.passes._timing import paired_speedup
+
+    fp32_ms: list[float] = []
     lat, speed = {}, {"fp32": 1.0}
     for k, proto in variants.items():
         if k == "fp32":
             continue
-        ref, new = session(variants["fp32"], threads), session(proto, threads)
-        for s in (ref, new, ref, new):
-            s.run(None, feed)
-        t0 = time.perf_counter()
-        ref.run(None, feed)
-        reps = max(1, min(1000, int(0.005 / max(time.perf_counter() - t0, 1e-7))))
-
-        def sample(s):
-            t = time.perf_counter()
-            for _ in range(reps):
-                s.run(None, feed)
-            return (time.perf_counter() - t) / reps
-
-        ta, tb = [], []
-        for r in range(2 + runs):
-            if r % 2 == 0:
-                a = sample(ref)
-                b = sample(new)
-            else:
-                b = sample(new)
-                a = sample(ref)
-            if r >= 2:
-                ta.append(a)
-                tb.append(b)
-        fp32_times += ta
-        lat[k] = float(np.median(tb))
-        speed[k] = float(np.median(np.array(ta) / np.array(tb)))
-        del ref, new
-    lat["fp32"] = float(np.median(fp32_times)) if fp32_times else float("nan")
+        sp = paired_speedup(session(variants["fp32"], threads), session(proto, threads), feed,
+                            min_rounds=runs, max_rounds=runs, sample_s=0.005)
+        fp32_ms.append(sp.ms_ref)
+        lat[k], speed[k] = sp.ms_new / 1e3, sp.ratio
+    lat["fp32"] = float(np.median(fp32_ms)) / 1e3 if fp32_ms else float("nan")
     return lat, speed
 
 
