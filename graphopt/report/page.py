@@ -125,6 +125,11 @@ def margin(v: dict) -> float | None:
     return err / tol
 
 
+def pass_label(p: dict) -> str:
+    """A pass record's name on the page: its spec, and "#2", "#3"... for a repeated run."""
+    return p["spec"] + (f" #{p['iteration'] + 1}" if p.get("iteration") else "")
+
+
 def _stage_rows(data: dict) -> list[dict]:
     """The model after each stage: input, then every change that was kept."""
     s = data["summary"]
@@ -133,8 +138,7 @@ def _stage_rows(data: dict) -> list[dict]:
     for p in data["passes"]:
         if not p.get("changed") or p.get("reverted"):
             continue
-        label = p["spec"] + (f" #{p['iteration'] + 1}" if p.get("iteration") else "")
-        stages.append({"label": label, "nodes": p["nodes_after"], "bytes": p["bytes_after"],
+        stages.append({"label": pass_label(p), "nodes": p["nodes_after"], "bytes": p["bytes_after"],
                        "profile": p.get("profile") or {}})
     return stages
 
@@ -339,7 +343,7 @@ def render_html(data: dict) -> str:
         status, detail = _verify_cell(v)
         if p.get("reverted"):
             status = '<span class="fail">reverted</span> ' + status
-        name = esc(p["spec"] + (f" #{p['iteration'] + 1}" if p.get("iteration") else ""))
+        name = esc(pass_label(p))
         stats = esc(_stats_text(p.get("stats") or {}))
         return [name, esc(p.get("contract", "")), "yes" if p.get("changed") else "–",
                 f"{p['nodes_before']} → {p['nodes_after']}" if p.get("changed") else str(p["nodes_after"]),

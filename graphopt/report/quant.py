@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 
 from .._format import esc
-from .page import _table
+from .page import _table, pass_label
 
 _REGION = re.compile(r"^(\S+) \(([^;()]*);.*\)$")  # "R1 (Addx2, Convx6; 0.67 M dense ...)"
 
@@ -65,8 +65,9 @@ def summary_line(stats: dict) -> str:
     how = []
     if stats.get("cost_choice"):
         how.append(f"set '{stats['cost_choice']}'")
-    if _measured(stats):
-        how.append(f"measured {_measured(stats)}")
+    measured = _measured(stats)
+    if measured:
+        how.append(f"measured {measured}")
     if how:
         line += f" ({', '.join(how)})"
     floats: dict[str, list[str]] = {}  # why -> regions, in order
@@ -84,7 +85,7 @@ def summary_line(stats: dict) -> str:
 
 def _section(p: dict, ident: str) -> str:
     st = p.get("stats") or {}
-    name = p["spec"] + (f" #{p['iteration'] + 1}" if p.get("iteration") else "")
+    name = pass_label(p)
     decided = [(r, *split_decision(d)) for r, d in st["regions"].items()]
     n_int8 = sum(kind == "int8" for _, kind, _ in decided)
     out = [f'<section id="{esc(ident)}"><h2>INT8 decisions ({esc(name)})</h2>']
