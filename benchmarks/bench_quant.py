@@ -181,15 +181,17 @@ def build_models(quick: bool, only: set[str] | None):
                      "attention_mask": np.ones((1, seq), np.int64)} for _ in range(n)]
 
         specs.append((f"bert-base L={layers} seq={seq}", m, feeds(8, 1), feeds(4, 2)))
-    try:
-        import rapidocr_onnxruntime
+    from graphopt.testing.tasks import document_pages, orientation_model_path, packaged_model
 
-        root = Path(rapidocr_onnxruntime.__file__).parent / "models"
-        for fname, shape, key in (("ch_PP-OCRv4_det_infer.onnx", (1, 3, 320, 320) if quick else (1, 3, 640, 640), "ocr_det"),
-                                  ("ch_PP-OCRv4_rec_infer.onnx", (1, 3, 48, 320), "ocr_rec"),
-                                  ("ch_ppocr_mobile_v2.0_cls_infer.onnx", (1, 3, 48, 192), "ocr_cls")):
-            if want(key) and (root / fname).is_file():
-                m = onnx.load(str(root / fname))
+    for fname, shape, key in (("ch_PP-OCRv4_det_infer.onnx", (1, 3, 320, 320) if quick else (1, 3, 640, 640), "ocr_det"),
+                              ("ch_PP-OCRv4_rec_infer.onnx", (1, 3, 48, 320), "ocr_rec"),
+                              ("ch_ppocr_mobile_v2.0_cls_infer.onnx", (1, 3, 48, 192), "ocr_cls")):
+        if want(key):
+            path = packaged_model("rapidocr_onnxruntime", fname)
+            if path is None:
+                logging.warning("rapidocr-onnxruntime not installed (or without %s): skipped", fname)
+            else:
+                m = onnx.load(str(path))
                 opset = next(o.version for o in m.opset_import if o.domain in ("", "ai.onnx"))
                 if key == "ocr_cls":  # real task: rendered text lines, upright or turned 180 degrees
                     calib, _ = text_line_feeds(m, 16, seed=1)
@@ -199,11 +201,7 @@ def build_models(quick: bool, only: set[str] | None):
                     specs.append((f"{fname[:-5]} (opset {opset})", m, calib, held))
                     continue
                 specs.append((f"{fname[:-5]} (opset {opset})", m, image_feeds(m, shape, 8, 1), image_feeds(m, shape, 4, 2)))
-    except ImportError:
-        logging.warning("rapidocr-onnxruntime not installed: OCR models skipped")
     if want("ocr_orient"):
-        from graphopt.testing.tasks import document_pages, orientation_model_path
-
         path = orientation_model_path()
         if path:
             m = onnx.load(str(path))

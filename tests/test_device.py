@@ -24,6 +24,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from graphopt import GraphoptError
 from graphopt.cli import main
+from graphopt.testing.tasks import packaged_model
 
 tvm = pytest.importorskip("tvm", reason="TVM is optional: pip install 'graphopt[tvm]'")
 
@@ -92,9 +93,9 @@ def matmul_model() -> onnx.ModelProto:
 
 
 def ppocr_cls() -> Path:
-    import rapidocr_onnxruntime
-
-    return Path(rapidocr_onnxruntime.__file__).parent / "models" / "ch_ppocr_mobile_v2.0_cls_infer.onnx"
+    path = packaged_model("rapidocr_onnxruntime", "ch_ppocr_mobile_v2.0_cls_infer.onnx")
+    assert path is not None, "pip install rapidocr-onnxruntime (in the [test] extra)"
+    return path
 
 
 # ------------------------------------------------------------------------- on the board

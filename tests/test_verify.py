@@ -19,6 +19,7 @@ from graphopt import Model, Pass, PassResult, VerificationError, register_pass
 from graphopt import pipeline as _pipeline
 from graphopt.cli import main as cli_main
 from graphopt.ir import const_value
+from graphopt.testing.tasks import packaged_model
 from graphopt.verify import Contract, VerifyInstrument, compare
 from graphopt.verify.contracts import check_output
 from graphopt.verify.inputs import InputSpace
@@ -283,12 +284,10 @@ def test_zoo_models_roundtrip_without_false_alarms(name):
 
 
 def _rapidocr_model(name: str) -> Path:
-    spec = importlib.util.find_spec("rapidocr_onnxruntime")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("rapidocr-onnxruntime is not installed (pip install rapidocr-onnxruntime)")
-    path = Path(list(spec.submodule_search_locations)[0]) / "models" / name
-    if not path.exists():
-        pytest.skip(f"{name} not shipped by this rapidocr-onnxruntime version")
+    path = packaged_model("rapidocr_onnxruntime", name)
+    if path is None:
+        pytest.skip(f"{name}: rapidocr-onnxruntime is not installed or does not ship it "
+                    "(pip install rapidocr-onnxruntime)")
     return path
 
 
