@@ -3,8 +3,10 @@
 Every pass, the verifier and the analyses make their sessions here, so that intra-op
 spinning is off everywhere (idle threads would otherwise steal the CPU from whatever
 runs beside them: a timing, a second session, a parallel trial), one inter-op thread is
-used, and a model onnxruntime rejects becomes one line naming the reason. (The one
-exception: analysis.memory's measuring process, which must import onnxruntime alone.)
+used, and a model onnxruntime rejects becomes one line naming the reason. (Two
+exceptions, each in a process of its own: analysis.memory's measuring process, which must
+import onnxruntime alone, and the cost checks' timing process (passes/_timing.Timer), whose
+sessions share one spinning pool, as a deployed model's threads spin.)
 
     session(model, threads=1, optimize=False)   an InferenceSession on the CPU provider
     options(threads, optimize, log_level)       the SessionOptions behind it

@@ -3,8 +3,8 @@ and the timed choice of which regions stay INT8.
 
 A region is a chain that stays INT8 between the quantize at its entry and the dequantize
 at its exit (regions()). choose() times candidate sets of quantized nodes against the
-FP32 model in a fixed order (passes/_timing: paired interleaved rounds, spinning off,
-median and its 99% interval) and keeps INT8 only where the whole interval clears
+FP32 model in a fixed order (passes/_timing: paired interleaved rounds with the
+deployment's threads, median and its 99% interval) and keeps INT8 only where the whole interval clears
 min_speedup; an inconclusive measurement keeps the model float, so the verdict does not
 flip with timing noise.
 """
@@ -155,7 +155,7 @@ def regions(b: Builder, skip: set[str], feed: dict | None = None) -> list[Region
 
 
 def choose(fp32: onnx.ModelProto, q: onnx.ModelProto, builder: Builder, skip: set[str], feed: dict,
-           stats: dict, need: float, use_cache: bool, threads: int = 2
+           stats: dict, need: float, use_cache: bool, threads: int = 2, spinning: bool = True
            ) -> tuple[onnx.ModelProto | None, set[str]]:
     """Keep INT8 only where it is measured faster than `fp32` by min_speedup, at batch 1
     and at the samples' batch (where the leading dim is free). Candidate sets of
@@ -169,7 +169,13 @@ def choose(fp32: onnx.ModelProto, q: onnx.ModelProto, builder: Builder, skip: se
     which set wins does not hang on the noise of either. A set measured inconclusive with
     its median above min_speedup is measured once more, three times longer (a busy machine
     widens the interval), and judged on that measurement alone. An inconclusive measurement never picks INT8: the model stays float. Sessions
-    use `threads` intra-op threads (the deployment's: the ranking of sets can change with it)."""
+    use `threads` intra-op threads that spin or not (the deployment's: the ranking of sets,
+    and whether INT8 pays at all, can change with either; see _timing.Timer)."""
+    with _timing.Timer(threads, spinning) as timer:
+        return _choose(fp32, q, builder, skip, feed, stats, need, use_cache, timer)
+
+
+def _choose(fp32, q, builder, skip, feed, stats, need, use_cache, timer: _timing.Timer):
     feeds = _feeds(fp32, feed)
     ref_session = None
     ref_bytes = fp32.SerializeToString()
@@ -184,13 +190,13 @@ def choose(fp32: onnx.ModelProto, q: onnx.ModelProto, builder: Builder, skip: se
         new_bytes = model.SerializeToString()
         base_bytes, bar = (ref_bytes, need) if base is None else (base.SerializeToString(), SWITCH_MARGIN)
         for f in feeds:
-            key = _timing.cache_key(base_bytes, new_bytes, f, threads) if use_cache else None
+            key = _timing.cache_key(base_bytes, new_bytes, f, timer.threads, timer.spinning) if use_cache else None
             sp = _timing.cached(key) if key else None
             if sp is None:
                 if base is None:
-                    ref_session = base_sess = ref_session or _timing.session(fp32, threads)
-                base_sess = base_sess or _timing.session(base, threads)
-                sess = sess or _timing.session(model, threads)
+                    ref_session = base_sess = ref_session or timer.session(fp32)
+                base_sess = base_sess or timer.session(base)
+                sess = sess or timer.session(model)
                 sp = _timing.paired_speedup(base_sess, sess, f, need=bar)
                 if base is None and sp.verdict(need) == "inconclusive" and sp.ratio >= need:
                     # promising but undecided (a busy machine widens the interval): one
@@ -216,7 +222,7 @@ def choose(fp32: onnx.ModelProto, q: onnx.ModelProto, builder: Builder, skip: se
             cand = builder.build(cfg_skip)
             try:  # the timing session doubles as the onnxruntime half of runtime.check
                 onnx.checker.check_model(cand)
-                sess = _timing.session(cand, threads)
+                sess = timer.session(cand)
             except Exception as e:
                 log.info("quant: cost set %s is not a valid model (%s); skipped", label, str(e).splitlines()[0][:200])
                 continue
@@ -237,6 +243,7 @@ def choose(fp32: onnx.ModelProto, q: onnx.ModelProto, builder: Builder, skip: se
             if won:
                 best = (label, cand, cfg_skip, sp, why, sess)
     stats["cost_trials"] = [f"{label}: {sp.describe()} -> {verdict}" for label, sp, verdict in tried]
+    stats["cost_timing"] = timer.describe()
     if head_to_head:
         stats["cost_head_to_head"] = head_to_head
     if reused:

@@ -111,8 +111,10 @@ class Float16(Pass):
         stats["per_layer_error"] = layer_errors(fp32, out, feed)
         if self.measure:
             # informative only (the model is converted either way): the same paired-rounds
-            # rule as quant's cost check, so the warning does not come and go with noise
-            sp = _timing.paired_speedup(fp32, out, feed, need=1.0)
+            # rule and deployment threads as quant's cost check, so the warning does not
+            # come and go with noise
+            with _timing.Timer() as timer:
+                sp = _timing.paired_speedup(timer.session(fp32), timer.session(out), feed, need=1.0)
             stats["latency_ratio"] = round(sp.ratio, 3)  # > 1: float16 is faster here
             stats["latency_ratio_interval"] = [round(sp.lo, 3), round(sp.hi, 3)]
             if sp.verdict(1.0) == "slower":

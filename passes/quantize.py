@@ -81,6 +81,8 @@ class Quantize(Pass):
                               "float (a margin over timing noise)"),
         "threads": Option(int, 2, "with measure: onnxruntime intra-op threads to time with (the deployment's; "
                           "INT8 kernels and FP32 ones do not gain alike from a second thread)"),
+        "spinning": Option(bool, True, "with measure: the deployment's intra-op threads spin between operators "
+                           "(onnxruntime's default; with threads > 1 the timings then run in a child process)"),
         "cost_cache": Option(bool, True, "with measure: reuse this machine's earlier measurement of the same "
                              "models ($GRAPHOPT_CACHE_DIR/quant-timing.json), so a verdict near min_speedup "
                              "does not flip between runs"),
@@ -172,7 +174,7 @@ class Quantize(Pass):
         # cost: never slower than FP32 on onnxruntime
         if self.measure:
             q, skip = _qregions.choose(fp32, q, builder, skip, samples[0], stats, self.min_speedup,
-                                       self.cost_cache, self.threads)
+                                       self.cost_cache, self.threads, self.spinning)
             if self.threads != 2:
                 stats["cost_threads"] = self.threads
             if q is None:

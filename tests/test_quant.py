@@ -393,7 +393,7 @@ def test_cost_check_reports_each_region(monkeypatch):
 
     monkeypatch.setattr(_timing, "paired_speedup", fake)
     monkeypatch.setattr(_timing, "session", lambda proto, threads=2: proto)  # the fake reads the model
-    q, res = _quant(m, samples)
+    q, res = _quant(m, samples, spinning=False)  # (in-process sessions: the ones faked here)
     assert res.changed and res.stats["cost_choice"].startswith(("element-wise", "regions"))
     regions = res.stats["regions"]
     assert len(regions) == 2

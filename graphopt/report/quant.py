@@ -114,7 +114,8 @@ def _section(p: dict, ident: str) -> str:
             chosen = bool(choice) and str(t).startswith(f"{choice}: ")
             items.append(f'<li class="ok"><strong>{esc(t)}</strong> (chosen)</li>' if chosen
                          else f"<li>{esc(t)}</li>")
-        out.append("<p>Candidate sets measured against FP32, in order (speed-up, its interval, "
+        timing = f" with {esc(st['cost_timing'])}" if st.get("cost_timing") else ""
+        out.append(f"<p>Candidate sets measured against FP32{timing}, in order (speed-up, its interval, "
                    f'verdict):</p><ul id="{esc(ident)}-trials">' + "".join(items) + "</ul>")
     duels = st.get("cost_head_to_head") or []
     if duels:
