@@ -37,10 +37,13 @@ on 48 held-out inputs against the ground truth) and a top-1 budget (`--budget to
 
 Latency: onnxruntime CPU, all graph optimizations, 2 intra-op threads (`--threads 1,2`:
 rows for each count; graphopt's quant is told the count, as a user states the deployment's),
-allow_spinning=0, batch 1; each variant is timed in a pair with FP32 (only those two
-sessions alive, runs interleaved, alternating which goes first); speed-up = median over
-rounds of t_fp32 / t_variant in the same round (robust to load that changes between
-rounds). Error: max relative L2 of the outputs vs FP32 over the held-out inputs. "invalid" = onnx.checker or onnxruntime rejected the model. The
+threads that spin between operators as onnxruntime's default (`--spinning 0`: spinning off;
+quant is told that too), batch 1; each variant is timed in a pair with FP32 (only those two
+sessions alive, runs interleaved, alternating which goes first), by quant's own timer
+(passes/_timing.Timer: with spinning and more than one thread the two sessions live in a
+child process and share one spinning pool, as a deployment's one model does); speed-up =
+median over rounds of t_fp32 / t_variant in the same round (robust to load that changes
+between rounds). Error: max relative L2 of the outputs vs FP32 over the held-out inputs. "invalid" = onnx.checker or onnxruntime rejected the model. The
 table goes to benchmarks/results/quant.md.
 """
 
@@ -228,11 +231,12 @@ def ours(pass_name, proto, calib, budget=None, **opts):
     return model.to_onnx(), time.perf_counter() - t0, res.stats
 
 
-def ours_fused(proto, calib, budget=None, threads=2):
+def ours_fused(proto, calib, budget=None, threads=2, spinning=True):
     import graphopt
 
     t0 = time.perf_counter()
-    spec = "fuse,quant" if threads == 2 else f"fuse,quant(threads={threads})"
+    opts = ([f"threads={threads}"] if threads != 2 else []) + ([] if spinning else ["spinning=false"])
+    spec = "fuse,quant" + (f"({','.join(opts)})" if opts else "")
     out, report = graphopt.optimize(proto, spec, verify=False, samples=calib, return_report=True,
                                     **({"budget": budget} if budget else {}))
     rec = [r for r in report.records if r.name == "quant"][-1]
@@ -300,25 +304,32 @@ def occ_fp16(proto, calib):
 # ------------------------------------------------------------------------ measure
 
 
-def measure(variants: dict, feed, runs: int, threads: int = 2) -> tuple[dict[str, float], dict[str, float]]:
+def measure(variants: dict, feed, runs: int, threads: int = 2, spinning: bool = True
+            ) -> tuple[dict[str, float], dict[str, float]]:
     """(median seconds per run, median speed-up over FP32) per variant. Each variant is
     timed in a pair with FP32, only those two sessions alive, by the paired timing quant's
     cost check uses (passes/_timing.paired_speedup: rounds alternate which of the two runs
-    first, a fast model repeats until a sample lasts >= 5 ms; the speed-up is the median
+    first, a fast model repeats until a sample lasts >= 50 ms; the speed-up is the median
     over rounds of t_fp32 / t_variant within the same round, so load that changes between
     rounds cancels out), exactly `runs` rounds. FP32's latency is the median over its
     pairs. Pairs, not all variants at once: with eight sessions alive in the process, the
     INT8 PP-LCNet ran 1.39 ms instead of 1.30 ms and FP32 1.58 instead of 1.55 (2 threads,
-    spinning off), so one variant's ratio depended on how many others the benchmark held."""
-    from graphopt.passes._timing import paired_speedup
+    spinning off), so one variant's ratio depended on how many others the benchmark held.
+    The sessions are quant's Timer's (`threads`, `spinning`). 50 ms samples, not 5: the
+    first run after the other session ran starts with cold caches, and in short samples
+    that pulls every ratio toward 1 (PP-LCNet INT8, 2 threads, spinning: 1.09x with 5 ms
+    samples, 1.14x with 50 ms, 1.12-1.13x with each model alone in its own process,
+    benchmarks/bench_quant_deploy.py)."""
+    from graphopt.passes._timing import Timer, paired_speedup
 
     fp32_ms: list[float] = []
     lat, speed = {}, {"fp32": 1.0}
     for k, proto in variants.items():
         if k == "fp32":
             continue
-        sp = paired_speedup(session(variants["fp32"], threads), session(proto, threads), feed,
-                            min_rounds=runs, max_rounds=runs, sample_s=0.005)
+        with Timer(threads, spinning) as t:
+            sp = paired_speedup(t.session(variants["fp32"]), t.session(proto), feed,
+                                min_rounds=runs, max_rounds=runs, sample_s=0.05)
         fp32_ms.append(sp.ms_ref)
         lat[k], speed[k] = sp.ms_new / 1e3, sp.ratio
     lat["fp32"] = float(np.median(fp32_ms)) / 1e3 if fp32_ms else float("nan")
@@ -342,8 +353,11 @@ def main() -> None:
     ap.add_argument("--models", default="", help="comma list: digits,resnet50,mobilenet_v2,mobilenet_v3_small,bert,ocr_det,ocr_rec,ocr_cls,ocr_orient")
     ap.add_argument("--threads", default="2", help="comma list of onnxruntime intra-op thread counts to time "
                     "with (each its own rows; graphopt's quant is told the count: its cost check times with it)")
+    ap.add_argument("--spinning", type=int, choices=(0, 1), default=1,
+                    help="1: intra-op threads spin between operators (onnxruntime's default), 0: off")
     ap.add_argument("--out", default=str(HERE / "results" / "quant.md"))
     args = ap.parse_args()
+    spinning = bool(args.spinning)
     runs = args.runs or (15 if args.quick else 40)
     logging.basicConfig(level=logging.ERROR)
     # quant reuses its earlier timings on this machine (passes/_timing): the benchmark shows
@@ -357,10 +371,10 @@ def main() -> None:
         print(f"== {name}, {threads} thread(s)", flush=True)
         variants = {"fp32": (fp32, 0.0, {})}
         bud = BUDGETS.get(name)
-        qopt = {} if threads == 2 else {"threads": threads}
+        qopt = ({} if threads == 2 else {"threads": threads}) | ({} if spinning else {"spinning": False})
         for label, fn in (("graphopt quant", lambda p, c: ours("quant", p, c, bud, **qopt)), ("ort quantize", ort_quant),
                           ("ort pre_process+quantize", lambda p, c: ort_quant(p, c, preprocess=True)),
-                          ("graphopt fuse,quant", lambda p, c: ours_fused(p, c, bud, threads)), ("nncf quantize", nncf_quant),
+                          ("graphopt fuse,quant", lambda p, c: ours_fused(p, c, bud, threads, spinning)), ("nncf quantize", nncf_quant),
                           ("graphopt fp16", lambda p, c: ours("fp16", p, c, bud)), ("occ float16", occ_fp16)):
             try:
                 variants[label] = fn(fp32, calib)
@@ -370,7 +384,7 @@ def main() -> None:
         for k, (p, sec, st) in variants.items():
             valid[k] = "failed" if p is None else validity(p)
         ok = {k: v[0] for k, v in variants.items() if valid[k] is None}
-        lat, speed = measure(ok, held[0], runs, threads)
+        lat, speed = measure(ok, held[0], runs, threads, spinning)
         ref = session(fp32)
         for k, (p, sec, st) in variants.items():
             if valid[k] is not None:
@@ -416,17 +430,21 @@ def main() -> None:
         "# INT8 / FP16: graphopt vs onnxruntime.quantization and onnxconverter-common",
         "",
         f"CPU: {cpu_name()} ({cpu_flags()}), {os.cpu_count()} cores; onnxruntime {ort.__version__}, "
-        f"onnx {onnx.__version__}; {args.threads} intra-op thread(s) (column threads), all graph optimizations, allow_spinning=0, "
+        f"onnx {onnx.__version__}; {args.threads} intra-op thread(s) (column threads), all graph optimizations, "
+        f"intra-op spinning {'on (onnxruntime default)' if spinning else 'off'}, "
         f"batch 1, each variant timed in a pair with FP32 (runs interleaved), median of {runs}. Mode: {'--quick' if args.quick else 'full'}.",
         "",
-        f"Machine load (1-min load average, {os.cpu_count()} cores) at start {load_start[0]:.1f}, at end "
-        f"{os.getloadavg()[0]:.1f}: " + ("BUSY - other processes shared the cores; ratios are noisier than on an idle "
-                                         "machine." if max(load_start[0], os.getloadavg()[0]) > 1.5 else "idle."),
+        f"Machine load (1-min load average, {os.cpu_count()} cores) at start {load_start[0]:.1f}: "
+        + ("BUSY - other processes shared the cores; ratios are noisier than on an idle machine."
+           if load_start[0] > 1.5 else "idle")
+        + f" (at the end {os.getloadavg()[0]:.1f}, which counts the benchmark's own spinning threads; neither "
+        "sees other virtual machines on the same host).",
         "",
         "Speedup is the median over rounds of FP32 latency / variant latency in the same round. Error: max relative L2 of the "
         "outputs vs FP32 on held-out inputs. Reproduce (pip install -e '.[test,bench]'): `python benchmarks/bench_quant.py"
         + (" --quick" if args.quick else "") + (f" --models {args.models}" if args.models else "")
-        + (f" --threads {args.threads}" if args.threads != "2" else "") + "`.",
+        + (f" --threads {args.threads}" if args.threads != "2" else "")
+        + ("" if spinning else " --spinning 0") + "`.",
         "",
         "| model | threads | variant | speedup | latency ms | size MB | rel. L2 error | notes |",
         "|---|---|---|---|---|---|---|---|",
