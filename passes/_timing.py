@@ -221,6 +221,7 @@ class Timer:
     def _call(self, op: str, args):
         import pickle
 
+        from graphopt.errors import GraphoptError
         from graphopt.runtime import RuntimeRejected
 
         drop, self._dropped = self._dropped, []
@@ -230,11 +231,11 @@ class Timer:
             status, value = pickle.load(self._proc.stdout)
         except (OSError, EOFError, pickle.UnpicklingError) as e:
             code = self._proc.poll()
-            raise RuntimeError(f"timing process stopped (exit code {code}): {e}") from e
+            raise GraphoptError(f"the timing process stopped (exit code {code}): {e}") from e
         if status == "rejected":
             raise RuntimeRejected(value)
         if status != "ok":
-            raise RuntimeError(f"timing process: {value}")
+            raise GraphoptError(f"timing process: {value}")
         return value
 
     def close(self) -> None:
@@ -271,7 +272,12 @@ def _serve() -> None:
 
     from graphopt.runtime import first_line
 
-    _pybind_state.set_global_thread_pool_sizes(threads, 1)  # before the first session
+    try:
+        _pybind_state.set_global_thread_pool_sizes(threads, 1)  # before the first session
+        unusable = None
+    except AttributeError:  # (a private binding: say so plainly if it ever goes away)
+        unusable = (f"onnxruntime {ort.__version__} offers no shared thread pool to time spinning threads with; "
+                    f"time with spinning off (quant(spinning=false))")
     sessions = {}
     made = 0
     while True:
@@ -282,7 +288,9 @@ def _serve() -> None:
         for sid in drop:
             sessions.pop(sid, None)
         try:
-            if op == "session":
+            if unusable:
+                reply = ("error", unusable)
+            elif op == "session":
                 so = ort.SessionOptions()
                 so.log_severity_level = 3
                 so.use_per_session_threads = False
