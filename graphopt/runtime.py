@@ -10,6 +10,7 @@ sessions share one spinning pool, as a deployed model's threads spin.)
 
     session(model, threads=1, optimize=False)   an InferenceSession on the CPU provider
     options(threads, optimize, log_level)       the SessionOptions behind it
+    share_threads(threads)                      one global spinning pool (options(shared_pool=True))
     SessionRecipe(model, threads).create()      the same, prepared on one thread and made on
                                                 another, big weights shared, not copied
     run(model_or_session, feeds)                outputs for each feed dict
@@ -50,22 +51,41 @@ def first_line(e: BaseException, limit: int | None = 300) -> str:
 
 
 def options(threads: int = 1, *, optimize: bool = False, log_level: int = 4,
-            optimized_path: str | None = None):
+            optimized_path: str | None = None, shared_pool: bool = False):
     """SessionOptions with spinning off and one inter-op thread. `optimize=False`
     disables onnxruntime's own graph rewrites (the model runs as written);
-    `optimized_path` makes onnxruntime save the model it optimized there."""
+    `optimized_path` makes onnxruntime save the model it optimized there. `shared_pool`:
+    the session uses the process's global thread pools (see share_threads) instead."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
     so.log_severity_level = log_level
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if shared_pool:
+        so.use_per_session_threads = False
+    else:
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if not optimize:
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if optimized_path is not None:
         so.optimized_model_filepath = optimized_path
     return so
+
+
+def share_threads(threads: int) -> str | None:
+    """Give this process one global intra-op pool of `threads` threads that spin, as
+    onnxruntime's default pools do, for sessions made with options(shared_pool=True).
+    Only before the process's first session (passes/_timing.Timer's child process calls
+    it first thing). None when done, else why not."""
+    import onnxruntime as ort
+    from onnxruntime.capi import _pybind_state
+
+    try:
+        _pybind_state.set_global_thread_pool_sizes(threads, 1)
+    except AttributeError:  # a private binding: say so plainly if it ever goes away
+        return f"onnxruntime {ort.__version__} offers no shared thread pool"
+    return None
 
 
 def _source(model) -> bytes | str:

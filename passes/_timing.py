@@ -267,17 +267,12 @@ def _serve() -> None:
     threads = int(sys.argv[1])
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # anything printed goes to stderr, not into the replies
-    import onnxruntime as ort
-    from onnxruntime.capi import _pybind_state
+    from graphopt import runtime
 
-    from graphopt.runtime import first_line
-
-    try:
-        _pybind_state.set_global_thread_pool_sizes(threads, 1)  # before the first session
-        unusable = None
-    except AttributeError:  # (a private binding: say so plainly if it ever goes away)
-        unusable = (f"onnxruntime {ort.__version__} offers no shared thread pool to time spinning threads with; "
-                    f"time with spinning off (quant(spinning=false))")
+    unusable = runtime.share_threads(threads)  # before the first session
+    if unusable:
+        unusable += "; time with spinning off (quant(spinning=false))"
+    so = None if unusable else runtime.options(optimize=True, log_level=3, shared_pool=True)
     sessions = {}
     made = 0
     while True:
@@ -291,13 +286,10 @@ def _serve() -> None:
             if unusable:
                 reply = ("error", unusable)
             elif op == "session":
-                so = ort.SessionOptions()
-                so.log_severity_level = 3
-                so.use_per_session_threads = False
                 try:
-                    sessions[made] = ort.InferenceSession(args, so, providers=["CPUExecutionProvider"])
-                except Exception as e:
-                    reply = ("rejected", first_line(e))
+                    sessions[made] = runtime.session(args, so=so)
+                except runtime.RuntimeRejected as e:
+                    reply = ("rejected", e.reason)
                 else:
                     reply = ("ok", made)
                     made += 1
@@ -307,7 +299,7 @@ def _serve() -> None:
             else:
                 reply = ("error", f"unknown request {op!r}")
         except Exception as e:
-            reply = ("error", f"{type(e).__name__}: {first_line(e)}")
+            reply = ("error", f"{type(e).__name__}: {runtime.first_line(e)}")
         pickle.dump(reply, out)
         out.flush()
 
