@@ -3,12 +3,11 @@
     python benchmarks/bench_quant_deploy.py [--models ocr_orient,mobilenet_v3_small]
         [--threads 1,2] [--spinning 0,1] [--rounds 7] [--runs 300]
 
-bench_quant times every variant in a pair with FP32 inside one process, with
-onnxruntime's intra-op spinning off (two spinning thread pools in one process would
-compete for the cores). A deployment runs one model per process, usually with
-onnxruntime's default, spinning on. This script checks what bench_quant's in-process
-ratios mean there: for each model (bench_quant's models and samples) and intra-op thread
-count it builds FP32, graphopt `quant` (told the thread count) and onnxruntime's
+bench_quant times every variant in a pair with FP32, by quant's Timer (with spinning
+threads: two sessions in a child process, sharing one pool). A deployment runs one model
+per process, usually with onnxruntime's default, spinning on. This script checks what
+the paired ratios mean there: for each model (bench_quant's models and samples) and
+intra-op thread count it builds FP32, graphopt `quant` (told the thread count) and onnxruntime's
 quant_pre_process + quantize_static, then times each in a fresh process (one session,
 50 warm-up runs, then `--runs` runs timed one by one; the process reports their median).
 A round starts one process per variant, in an order that rotates from round to round;
@@ -122,7 +121,7 @@ def main() -> None:
         f"Each variant in a fresh process: one session, all graph optimizations, 50 warm-up runs, median of "
         f"{args.runs} runs; {args.rounds} rounds, the process order rotating. Speed-up: median over rounds of "
         f"t_fp32 / t_variant in the same round (range: smallest and largest round). graphopt quant was told the "
-        f"thread count (its cost check times with spinning off, as bench_quant does).",
+        f"thread count and times its candidates with spinning threads (its default, passes/_timing.Timer).",
         "",
         f"Machine load (1-min load average) at start {load_start[0]:.1f}, at end {os.getloadavg()[0]:.1f}.",
         "",
