@@ -79,7 +79,7 @@ def main() -> None:
     os.environ["GRAPHOPT_CACHE_DIR"] = tempfile.mkdtemp(prefix="bench-quant-deploy-cache-")
     sys.path.insert(0, str(HERE))
     import bench_quant as bq  # the same models, samples, budgets and peer settings
-    from common import cpu_name
+    from common import cpu_name, markdown_table
 
     thread_counts = [int(t) for t in args.threads.split(",") if t]
     spin_values = [int(s) for s in args.spinning.split(",") if s]
@@ -127,12 +127,11 @@ def main() -> None:
         "",
         "Reproduce: `python benchmarks/bench_quant_deploy.py"
         + (f" --models {args.models}" if args.models != "ocr_orient,mobilenet_v3_small" else "")
-        + (f" --threads {args.threads}" if args.threads != "1,2" else "") + "`.",
+        + (f" --threads {args.threads}" if args.threads != "1,2" else "")
+        + (f" --spinning {args.spinning}" if args.spinning != "0,1" else "") + "`.",
         "",
-        "| model | threads | spinning | variant | speedup | range | latency ms | regions |",
-        "|---|---|---|---|---|---|---|---|",
+        markdown_table(["model", "threads", "spinning", "variant", "speedup", "range", "latency ms", "regions"], rows),
     ]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
